@@ -1,0 +1,102 @@
+"""Shared fixtures: real image files of every kind the tools must handle."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A 45-byte PNG whose header claims width x height: signature, IHDR, empty IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def pattern(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A smooth colourful RGB image (smooth so JPEG keeps it close)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    c = rng.uniform(0.5, 4, size=(3, 2))
+    arr = np.stack([np.sin(c[i, 0] * xx * 6 + c[i, 1] * yy * 6) for i in range(3)], -1)
+    return Image.fromarray(((arr + 1) * 127.5).astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def image_zoo(tmp_path: Path) -> Path:
+    """A folder with every kind of file `vaegan prepare` meets; names say what they are."""
+    d = tmp_path / "zoo"
+    (d / "nested" / "deeper").mkdir(parents=True)
+    pattern(120, 90, 1).save(d / "photo.jpg", quality=95)
+    pattern(90, 120, 2).save(d / "nested" / "UPPER.JPG", quality=95)
+    pattern(100, 100, 3).save(d / "plain.png")
+    rgba = pattern(80, 80, 4).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((80, 80)))
+    rgba.save(d / "nested" / "deeper" / "rgba.png")
+    pattern(96, 96, 5).convert("L").save(d / "grey.png")
+    pattern(96, 96, 6).convert("CMYK").save(d / "cmyk.jpg", quality=95)
+    pattern(96, 96, 7).convert("P", palette=Image.Palette.ADAPTIVE).save(d / "palette.png")
+    arr16 = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(arr16).save(d / "sixteen.png")
+    pattern(10, 10, 8).save(d / "tiny.png")
+    full = encode(pattern(200, 200, 9), "JPEG", quality=95)
+    (d / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    fullpng = encode(pattern(200, 200, 10), "PNG")
+    (d / "truncated.png").write_bytes(fullpng[: len(fullpng) // 2])
+    (d / "notes.jpg").write_text("this is a text file, not a JPEG\n")
+    pattern(64, 64, 11).save(d / "animated.png", format="GIF")  # a GIF behind a .png name
+    (d / "bomb.png").write_bytes(png_header_only(20000, 20000))
+    pattern(400, 300, 12).save(d / "large.png")  # refused when max_pixels < 120000
+    (d / "readme.txt").write_text("ignored: not an image extension\n")
+    return d
+
+
+def shapes_folder(root: Path, n: int = 48, side: int = 48, seed: int = 0) -> Path:
+    """Generated training data: one coloured disc or square per image on white."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (side, side), "white")
+        r = int(rng.integers(side // 6, side // 3))
+        cx, cy = (int(v) for v in rng.integers(r, side - r, 2))
+        colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+        draw = ImageDraw.Draw(im)
+        (draw.ellipse if i % 2 else draw.rectangle)((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        im.save(root / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory) -> Path:
+    """A prepared 32x32 dataset of generated shapes (shared: tests only read it)."""
+    from vaegan.training.prepare import prepare
+
+    base = tmp_path_factory.mktemp("shapes")
+    prepare(
+        shapes_folder(base / "images", n=64),
+        base / "data",
+        center_crop=True,
+        val_fraction=0.25,
+        size=32,
+        workers=1,
+        progress=False,
+    )
+    return base / "data"

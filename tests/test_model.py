@@ -1,0 +1,114 @@
+"""The networks and the gradient rules of one VAE-GAN step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vaegan.training.config import ModelConfig, TrainConfig
+from vaegan.training.model import VAEGAN, from_pixels, to_pixels
+from vaegan.training.train import Nets, Optimizers, train_step
+
+from vaegan.errors import VaeganError
+
+
+@pytest.mark.parametrize("size, width, latent", [(64, 8, 100), (32, 4, 16), (128, 4, 8)])
+def test_networks_map_images_and_latents_with_the_configured_shapes(size, width, latent):
+    model = VAEGAN(ModelConfig(image_size=size, width=width, latent_dim=latent))
+    x = torch.randn(3, 3, size, size)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (3, latent)
+    img = model.decode(mu)
+    assert img.shape == (3, 3, size, size) and img.abs().max() <= 1
+    logit, features = model.discriminator(x)
+    assert logit.shape == (3,)
+    assert features.shape == (3, 4 * width, size // 8, size // 8)  # block 3 of the trunk
+
+
+def test_bad_model_shapes_are_refused():
+    with pytest.raises(VaeganError, match="power of two"):
+        ModelConfig(image_size=48)
+    with pytest.raises(VaeganError, match="feature_layer"):
+        ModelConfig(image_size=32, feature_layer=4)
+
+
+def test_prior_samples_come_from_the_unit_gaussian():
+    # Regression: the original tool sampled 5*N(0, I) instead of the prior it trained on.
+    model = VAEGAN(ModelConfig(image_size=32, width=2, latent_dim=50))
+    z = model.sample_prior(4000, torch.Generator().manual_seed(0))
+    assert abs(float(z.mean())) < 0.02
+    assert 0.97 < float(z.std()) < 1.03
+
+
+def test_pixels_round_trip_between_uint8_and_model_range():
+    px = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    assert torch.equal(to_pixels(from_pixels(px)), px)
+
+
+def _step_setup(**cfg_kw):
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=ModelConfig(image_size=32, width=4, latent_dim=8), **cfg_kw)
+    model = VAEGAN(cfg.model)
+    opts = Optimizers(
+        torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr_enc),
+        torch.optim.Adam(model.decoder.parameters(), lr=cfg.lr_dec),
+        torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis),
+    )
+    nets = Nets(model, model.encoder, model.decoder, model.discriminator)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    return cfg, model, nets, opts, x
+
+
+def _snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(module, before):
+    return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
+
+
+def test_gan_gradient_never_reaches_the_encoder():
+    # With every encoder term weighted 0, only L_GAN is left: it must move D and the
+    # decoder and leave the encoder exactly where it was.
+    cfg, model, nets, opts, x = _step_setup(kl_weight=0.0, llike_weight=0.0, pixel_weight=0.0)
+    before = {n: _snapshot(getattr(model, n)) for n in ("encoder", "decoder", "discriminator")}
+    train_step(nets, opts, x, cfg)
+    assert not _changed(model.encoder, before["encoder"])
+    assert _changed(model.decoder, before["decoder"])
+    assert _changed(model.discriminator, before["discriminator"])
+
+
+@pytest.mark.parametrize("frozen", ["encoder", "decoder", "discriminator"])
+def test_each_optimiser_updates_only_its_own_network(frozen):
+    lrs = {"lr_enc": 1e-3, "lr_dec": 1e-3, "lr_dis": 1e-3}
+    lrs[{"encoder": "lr_enc", "decoder": "lr_dec", "discriminator": "lr_dis"}[frozen]] = 0.0
+    cfg, model, nets, opts, x = _step_setup(**lrs)
+    before = {n: _snapshot(getattr(model, n)) for n in ("encoder", "decoder", "discriminator")}
+    train_step(nets, opts, x, cfg)
+    for name in before:
+        assert _changed(getattr(model, name), before[name]) == (name != frozen), name
+
+
+def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
+    cfg, model, nets, opts, x = _step_setup()
+    at_d_step: list[torch.Tensor] = []
+    d_step = opts.dis.step
+
+    def recording_step(*a, **kw):
+        at_d_step.extend(p.grad.clone() for p in model.discriminator.parameters())
+        return d_step(*a, **kw)
+
+    opts.dis.step = recording_step
+    train_step(nets, opts, x, cfg)
+    assert at_d_step, "the discriminator never stepped"
+    after = [p.grad for p in model.discriminator.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(at_d_step, after, strict=True))
+
+
+def test_balancing_pauses_the_discriminator_when_it_wins():
+    from vaegan.training.train import balance
+
+    confident_real, confident_fake = torch.full((8,), 8.0), [torch.full((8,), -8.0)] * 2
+    assert balance(confident_real, confident_fake, 0.35) == (False, True)
+    fooled_real, fooled_fake = torch.full((8,), -8.0), [torch.full((8,), 8.0)] * 2
+    assert balance(fooled_real, fooled_fake, 0.35) == (True, False)
+    assert balance(confident_real, confident_fake, 0.0) == (True, True)

@@ -1,0 +1,143 @@
+"""`vaegan prepare`: every kind of input file, both crop modes, the split, the round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import pattern
+from vaegan.training.data import load_dataset
+from vaegan.training.prepare import find_images, prepare, split_indices
+
+from vaegan.errors import VaeganError
+from vaegan.preprocess import CropPolicy, preprocess
+
+
+def test_zoo_is_prepared_with_every_bad_file_skipped_and_counted(image_zoo, tmp_path):
+    m = prepare(
+        image_zoo,
+        tmp_path / "ds",
+        center_crop=True,
+        val_fraction=0.2,
+        max_pixels=100_000,
+        workers=1,
+        progress=False,
+    )
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert reasons == {
+        "truncated.jpg": "truncated",
+        "truncated.png": "truncated",
+        "notes.jpg": "not_an_image",
+        "animated.png": "unsupported_format",
+        "bomb.png": "too_large",
+        "large.png": "too_large",
+    }
+    assert m["counts"]["found"] == 15 and m["counts"]["skipped"] == 6  # readme.txt is not looked at
+    assert m["counts"]["train"] + m["counts"]["val"] == 9
+    on_disk = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert on_disk["skipped_by_reason"] == {
+        "truncated": 2,
+        "not_an_image": 1,
+        "unsupported_format": 1,
+        "too_large": 2,
+    }
+
+
+def test_stored_images_are_exactly_what_serving_computes(image_zoo, tmp_path):
+    # Regression: the original tool cropped differently in training and serving.
+    prepare(
+        image_zoo,
+        tmp_path / "ds",
+        center_crop=True,
+        val_fraction=0.3,
+        max_pixels=100_000,
+        workers=2,
+        progress=False,
+    )
+    ds = load_dataset(tmp_path / "ds")
+    policy = CropPolicy("center", 0.75, 64)
+    expected = {
+        p.name: preprocess(p.read_bytes(), policy)
+        for p in find_images(image_zoo)
+        if p.name
+        in {
+            "photo.jpg",
+            "UPPER.JPG",
+            "plain.png",
+            "rgba.png",
+            "grey.png",
+            "cmyk.jpg",
+            "palette.png",
+            "sixteen.png",
+            "tiny.png",
+        }
+    }
+    stored = [ds.train[i] for i in range(len(ds.train))] + [ds.val[i] for i in range(len(ds.val))]
+    for e in expected.values():
+        assert sum(np.array_equal(arr, e) for arr in stored) == 1
+    assert len(stored) == len(expected) == 9  # one stored array per usable file
+
+
+def test_center_crop_flag_changes_what_is_stored(image_zoo, tmp_path):
+    # Regression: the original tool's centre-crop flag did nothing.
+    kw = dict(val_fraction=0.0, max_pixels=1_000_000, workers=1, progress=False)
+    center = load_dataset(
+        prepare(image_zoo, tmp_path / "c", center_crop=True, **kw) and tmp_path / "c"
+    )
+    rand = load_dataset(
+        prepare(image_zoo, tmp_path / "r", center_crop=False, **kw) and tmp_path / "r"
+    )
+    assert center.crop.mode == "center" and rand.crop.mode == "random"
+    assert {tuple(center.train.index[i, 1:]) for i in range(len(center.train))} == {(64, 64)}
+    assert all(min(h, w) == 85 for _, h, w in rand.train.index)  # canvases for random windows
+    idx = np.arange(len(rand.train))
+    a = rand.train_batch(idx, np.random.default_rng(0))
+    b = rand.train_batch(idx, np.random.default_rng(1))
+    assert a.shape == (len(idx), 64, 64, 3) and not np.array_equal(a, b)  # crops vary by epoch
+    c = center.train_batch(idx, np.random.default_rng(0))
+    assert np.array_equal(c, center.train_batch(idx, np.random.default_rng(1)))
+
+
+def test_split_is_deterministic_per_seed_and_sized_by_fraction():
+    a, b, c = split_indices(100, 0.2, 7), split_indices(100, 0.2, 7), split_indices(100, 0.2, 8)
+    assert a.sum() == 20 and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert split_indices(5, 0.01, 0).sum() == 1  # never an empty validation set by rounding
+    assert split_indices(5, 0.0, 0).sum() == 0
+
+
+def test_same_folder_and_seed_give_identical_datasets(image_zoo, tmp_path):
+    kw = dict(center_crop=False, val_fraction=0.3, seed=3, max_pixels=100_000, progress=False)
+    prepare(image_zoo, tmp_path / "a", workers=1, **kw)
+    prepare(image_zoo, tmp_path / "b", workers=2, **kw)
+    for name in ("train.u8", "train.idx.npy", "val.u8", "val.idx.npy", "train_mean.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_dataset_round_trips_through_memory_mapped_arrays(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        pattern(80 + i, 70, i).save(src / f"{i:02d}.png")
+    prepare(src, tmp_path / "ds", center_crop=True, val_fraction=0.25, workers=1, progress=False)
+    ds = load_dataset(tmp_path / "ds")
+    assert (len(ds.train), len(ds.val)) == (9, 3)
+    val = ds.val_images()
+    assert isinstance(val, np.memmap) and val.shape == (3, 64, 64, 3)
+    assert ds.train_mean.shape == (64, 64, 3) and 0 < ds.train_mean.mean() < 1
+    stacked = np.stack([ds.train[i] for i in range(len(ds.train))])
+    assert np.allclose(stacked.mean(0) / 255.0, ds.train_mean, atol=1e-6)
+
+
+def test_failed_prepare_leaves_no_output_and_refuses_to_overwrite(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("not an image")
+    with pytest.raises(VaeganError, match="none of the 1 files"):
+        prepare(bad, tmp_path / "out", workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no output, no temp folder
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(VaeganError, match="--overwrite"):
+        prepare(bad, tmp_path / "exists", workers=1, progress=False)
+    with pytest.raises(VaeganError, match=r"no \.jpg"):
+        prepare(tmp_path / "exists", tmp_path / "o2", workers=1, progress=False)

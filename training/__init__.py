@@ -1,0 +1,1 @@
+"""Training: dataset preparation, the VAE-GAN model, losses and the training loop."""

@@ -1,0 +1,128 @@
+"""The prepared dataset on disk: ragged uint8 image arrays, memory-mapped.
+
+Layout of a dataset folder (written by ``vaegan prepare``)::
+
+    manifest.json          counts, crop policy, source folder, skipped files and why
+    train.u8 train.idx.npy training images (ragged: canvases for random crops)
+    val.u8   val.idx.npy   validation images, always the exact serving crop
+    train_mean.npy         float32 [size, size, 3] in [0, 1]: mean training crop
+
+``*.u8`` holds the images' bytes back to back; ``*.idx.npy`` is int64 [N, 3] holding
+(offset, height, width) per image, so variable-size canvases need no padding and nothing
+is decoded again at train time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaegan.errors import VaeganError
+from vaegan.preprocess import CropPolicy, random_window
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class RaggedWriter:
+    """Appends uint8 [h, w, 3] arrays to ``<prefix>.u8`` without keeping them in memory."""
+
+    def __init__(self, prefix: Path):
+        self.prefix = prefix
+        self._f = open(f"{prefix}.u8", "wb")  # noqa: SIM115 (closed in close())
+        self._index: list[tuple[int, int, int]] = []
+        self._offset = 0
+
+    def append(self, arr: np.ndarray) -> None:
+        assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, arr.shape
+        data = np.ascontiguousarray(arr).tobytes()
+        self._f.write(data)
+        self._index.append((self._offset, arr.shape[0], arr.shape[1]))
+        self._offset += len(data)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def close(self) -> None:
+        self._f.close()
+        np.save(f"{self.prefix}.idx.npy", np.asarray(self._index, np.int64).reshape(-1, 3))
+
+
+class RaggedImages:
+    """Read side of :class:`RaggedWriter`: ``images[i]`` is a uint8 [h, w, 3] view."""
+
+    def __init__(self, prefix: Path):
+        self.index = np.load(f"{prefix}.idx.npy")
+        size = Path(f"{prefix}.u8").stat().st_size
+        # np.memmap refuses empty files; an empty split is legal (e.g. val_fraction=0).
+        self._data = np.memmap(f"{prefix}.u8", np.uint8, "r") if size else np.empty(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        off, h, w = (int(v) for v in self.index[i])
+        return self._data[off : off + h * w * 3].reshape(h, w, 3)
+
+    def stacked(self) -> np.ndarray:
+        """All images as one [N, h, w, 3] view; only when they all share one size."""
+        if len(self) == 0:
+            raise VaeganError("the split is empty")
+        shapes = {(int(h), int(w)) for _, h, w in self.index}
+        if len(shapes) != 1:
+            raise VaeganError("images differ in size; crop them first")
+        (h, w), n = shapes.pop(), len(self)
+        return self._data[: n * h * w * 3].reshape(n, h, w, 3)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    manifest: dict[str, Any]
+    train: RaggedImages
+    val: RaggedImages
+    train_mean: np.ndarray
+
+    @property
+    def crop(self) -> CropPolicy:
+        return CropPolicy.from_dict(self.manifest["crop"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.root.name))
+
+    def val_images(self) -> np.ndarray:
+        return self.val.stacked()
+
+    def train_batch(self, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases."""
+        size = self.crop.size
+        out = np.empty((len(indices), size, size, 3), np.uint8)
+        for j, i in enumerate(indices):
+            img = self.train[int(i)]
+            out[j] = img if img.shape[0] == size == img.shape[1] else random_window(img, size, rng)
+        return out
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise VaeganError(f"{root} is not a prepared dataset (no {MANIFEST}); run 'vaegan prepare'")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise VaeganError(
+            f"{root} was prepared by another version (format {manifest.get('format_version')},"
+            f" expected {FORMAT_VERSION}); run 'vaegan prepare' again"
+        )
+    return Dataset(
+        root=root,
+        manifest=manifest,
+        train=RaggedImages(root / "train"),
+        val=RaggedImages(root / "val"),
+        train_mean=np.load(root / "train_mean.npy"),
+    )

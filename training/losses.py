@@ -1,0 +1,57 @@
+"""Loss terms, named after Larsen et al. 2016, "Autoencoding beyond pixels using a learned
+similarity metric" (arXiv:1512.09300), section 2. Each returns a scalar mean over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+def kl_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """L_prior = KL(q(z|x) || N(0, I)), summed over latent dims (eq. 2)."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
+
+
+def llike_features(fake_features: torch.Tensor, real_features: torch.Tensor) -> torch.Tensor:
+    """L_llike^Dis_l: Gaussian log-likelihood on D's l-th layer, i.e. half the squared
+    feature distance, summed over features (eq. 8). The real features are the target."""
+    return 0.5 * (fake_features - real_features.detach()).pow(2).flatten(1).sum(1).mean()
+
+
+def pixel_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Optional plain pixel reconstruction (what the learned metric replaces)."""
+    return 0.5 * (recon - x).pow(2).flatten(1).sum(1).mean()
+
+
+def gan_d(
+    real_logit: torch.Tensor, fake_logits: list[torch.Tensor], real_label: float = 1.0
+) -> torch.Tensor:
+    """L_GAN for the discriminator: real -> real_label (<1 = one-sided smoothing),
+    each fake batch (reconstructions, prior samples) -> 0 (eq. 9)."""
+    loss = F.binary_cross_entropy_with_logits(real_logit, torch.full_like(real_logit, real_label))
+    for logit in fake_logits:
+        loss = loss + F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit))
+    return loss
+
+
+def gan_g(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """L_GAN for the decoder, non-saturating form: -log D(fake)."""
+    return sum(F.binary_cross_entropy_with_logits(t, torch.ones_like(t)) for t in fake_logits)
+
+
+class Losses(NamedTuple):
+    """All terms of one step, computed once and logged as they are."""
+
+    kl: torch.Tensor
+    llike: torch.Tensor
+    pixel: torch.Tensor
+    gan_g: torch.Tensor
+    gan_d: torch.Tensor
+    encoder: torch.Tensor  # L_prior + L_llike
+    decoder: torch.Tensor  # gamma * L_llike + L_GAN
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in self._asdict().items()}

@@ -1,0 +1,394 @@
+"""``vaegan train``: the VAE-GAN training loop (Larsen et al. 2016, Algorithm 1).
+
+Per step: a D phase on detached fakes, then an encoder/decoder phase against the updated
+D. The encoder minimises L_prior + L_llike, the decoder gamma*L_llike + L_GAN, D only
+L_GAN; each optimiser steps only its own network, and the GAN gradient never reaches the
+encoder (``backward(inputs=...)`` restricts each loss to its network's parameters).
+
+Resume is exact: data order and crop positions are functions of (seed, step), and the
+torch RNG, optimisers and BatchNorm statistics travel in the checkpoint. Evaluation and
+sample grids draw from their own generators, so they never shift the training stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from vaegan.training import checkpoint as ckpt
+from vaegan.training import losses as L
+from vaegan.training.config import TrainConfig, from_dict, to_dict
+from vaegan.training.data import Dataset, load_dataset
+from vaegan.training.metrics import hist_chi2, mse, psnr
+from vaegan.training.model import VAEGAN, from_pixels, to_pixels
+
+from vaegan.errors import VaeganError
+from vaegan.grid import make_grid, save_grid
+
+LN2 = math.log(2.0)
+
+
+class Divergence(VaeganError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaeganError(f"device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of step ``step``: epochs are seeded permutations, the remainder dropped."""
+    per_epoch = n // batch_size
+    epoch, j = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[j * batch_size : (j + 1) * batch_size]
+
+
+def balance(
+    real_logit: torch.Tensor, fake_logits: list[torch.Tensor], margin: float
+) -> tuple[bool, bool]:
+    """Equilibrium balancing (seed 000: "training G and D based on loss thresholds"):
+    pause D when it is far better than chance, the decoder's GAN term when far worse."""
+    if margin <= 0:
+        return True, True
+    real_logit, fake_logits = real_logit.detach(), [f.detach() for f in fake_logits]
+    ones = torch.ones_like(real_logit)
+    real_err = float(torch.nn.functional.binary_cross_entropy_with_logits(real_logit, ones))
+    fake_err = float(
+        sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+            for f in fake_logits
+        )
+        / len(fake_logits)
+    )
+    train_dis = not (real_err < LN2 - margin or fake_err < LN2 - margin)
+    train_dec = not (real_err > LN2 + margin or fake_err > LN2 + margin)
+    return (True, True) if not (train_dis or train_dec) else (train_dis, train_dec)
+
+
+class Nets(NamedTuple):
+    model: VAEGAN
+    E: torch.nn.Module  # possibly torch.compile'd wrappers of model.encoder, ...
+    G: torch.nn.Module
+    D: torch.nn.Module
+
+
+class Optimizers(NamedTuple):
+    enc: torch.optim.Optimizer
+    dec: torch.optim.Optimizer
+    dis: torch.optim.Optimizer
+
+
+def train_step(
+    nets: Nets,
+    opts: Optimizers,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    autocast=None,
+    step: int = 0,
+    last_path: Path | None = None,
+) -> L.Losses:
+    """One VAE-GAN step on a batch ``x`` in [-1, 1]; returns every loss term."""
+    autocast = autocast or nullcontext()
+    model = nets.model
+    with autocast:  # encode, reconstruct, and sample the prior
+        mu, logvar = nets.E(x)
+        x_rec = nets.G(model.reparameterize(mu, logvar))
+        x_p = nets.G(model.sample_prior(x.shape[0]))
+
+    # --- D phase: real vs (reconstructions, prior samples), fakes detached ---
+    with autocast:
+        real_logit, _ = nets.D(x)
+        fake_logits = [nets.D(x_rec.detach())[0].float(), nets.D(x_p.detach())[0].float()]
+        loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
+    _check_finite(step, {"gan_d": loss_d}, last_path)
+    train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin)
+    if train_dis:
+        opts.dis.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opts.dis.step()
+
+    # --- encoder/decoder phase against the updated D ---
+    with autocast:
+        with torch.no_grad():
+            _, f_real = nets.D(x)
+        rec_logit, f_rec = nets.D(x_rec)
+        p_logit, _ = nets.D(x_p)
+        kl = L.kl_prior(mu.float(), logvar.float())
+        llike = L.llike_features(f_rec.float(), f_real.float())
+        pixel = (
+            L.pixel_mse(x_rec.float(), x) if cfg.pixel_weight else torch.zeros((), device=x.device)
+        )
+        gan_g = L.gan_g([rec_logit.float(), p_logit.float()])
+        loss_e = cfg.kl_weight * kl + cfg.llike_weight * llike + cfg.pixel_weight * pixel
+        loss_g = cfg.gamma * cfg.llike_weight * llike + cfg.pixel_weight * pixel
+        if train_dec_gan:
+            loss_g = loss_g + gan_g
+    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
+    _check_finite(step, losses._asdict(), last_path)
+    opts.enc.zero_grad(set_to_none=True)
+    opts.dec.zero_grad(set_to_none=True)
+    # Each loss reaches only its own network: L_GAN never flows into the encoder.
+    loss_e.backward(inputs=list(model.encoder.parameters()), retain_graph=True)
+    loss_g.backward(inputs=list(model.decoder.parameters()))
+    opts.enc.step()
+    opts.dec.step()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model: VAEGAN, ds: Dataset, fixed_z: torch.Tensor, cfg: TrainConfig, device
+) -> dict[str, Any]:
+    """Validation metrics on the served path: eval-mode BatchNorm, mu (no noise), uint8."""
+    model.eval()
+    try:
+        out: dict[str, Any] = {}
+        samples = to_pixels(model.decode(fixed_z)).cpu().numpy()
+        if len(ds.val):
+            val = np.array(ds.val_images())  # a writable copy; the split is small
+            recon = np.concatenate(
+                [
+                    to_pixels(
+                        model.decode(
+                            model.encode(from_pixels(torch.from_numpy(chunk)).to(device))[0]
+                        )
+                    )
+                    .cpu()
+                    .numpy()
+                    for chunk in np.array_split(val, max(1, math.ceil(len(val) / 256)))
+                ]
+            )
+            val_mse = mse(recon, val)
+            g = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+            n_prior = min(len(val), 512)
+            prior = to_pixels(model.decode(model.sample_prior(n_prior, g))).cpu().numpy()
+            out.update(
+                val_mse=val_mse,
+                val_psnr=psnr(val_mse),
+                baseline_mse=mse(val, ds.train_mean[None]),
+                hist_chi2=hist_chi2(val[:n_prior], prior),
+            )
+            out["val_mse_over_baseline"] = out["val_mse"] / out["baseline_mse"]
+            k = min(len(val), cfg.num_samples // 2)
+            pairs = np.stack([val[:k], recon[:k]], 1).reshape(-1, *val.shape[1:])
+        else:
+            out.update(val_mse=None, val_psnr=None, baseline_mse=None, hist_chi2=None)
+            pairs = None
+        return {"metrics": out, "samples": samples, "recon_pairs": pairs}
+    finally:
+        model.train()
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) a run; returns the last validation metrics."""
+    ds = load_dataset(data_dir)
+    run_dir = Path(run_dir)
+    ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
+    last_path = ckpt_dir / ckpt.LAST
+    state = None
+    if resume:
+        state = ckpt.load(last_path)
+    elif last_path.exists():
+        raise VaeganError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    # The images' size is a fact of the dataset, not a knob.
+    cfg = replace(cfg, model=replace(cfg.model, image_size=ds.crop.size))
+    if state is not None and state["model_config"] != to_dict(cfg)["model"]:
+        raise VaeganError(
+            f"dataset {data_dir} does not match the checkpoint's model {state['model_config']}"
+        )
+    if len(ds.train) < cfg.batch_size:
+        raise VaeganError(
+            f"{len(ds.train)} training images is fewer than batch_size {cfg.batch_size}; "
+            "add images or lower it with --set batch_size=N"
+        )
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)
+    model = VAEGAN(cfg.model).to(device)
+    E, G, D = model.encoder, model.decoder, model.discriminator
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    betas = (cfg.beta1, cfg.beta2)
+    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.lr_enc, betas=betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_dec, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_dis, betas=betas)
+    fixed_z = torch.randn(
+        cfg.num_samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)
+    )
+    step = 0
+    if state is not None:
+        E.load_state_dict(state["encoder"])
+        G.load_state_dict(state["decoder"])
+        D.load_state_dict(state["discriminator"])
+        opt_e.load_state_dict(state["opt_enc"])
+        opt_g.load_state_dict(state["opt_dec"])
+        opt_d.load_state_dict(state["opt_dis"])
+        fixed_z, step = state["fixed_z"], int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if cuda and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    fixed_z = fixed_z.to(device)
+    nets = Nets(model, *((torch.compile(m) for m in (E, G, D)) if cfg.compile else (E, G, D)))
+    opts = Optimizers(opt_e, opt_g, opt_d)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
+
+    writer = _summary_writer(run_dir / "tb")
+    metrics_path = run_dir / "metrics.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    last_metrics: dict[str, Any] = {}
+
+    def save(step: int, metrics: dict[str, Any]) -> None:
+        cpu_rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+        }
+        payload = {
+            "format_version": ckpt.FORMAT_VERSION,
+            "model_config": to_dict(cfg)["model"],
+            "train_config": to_dict(cfg),
+            "crop": ds.crop.to_dict(),
+            "dataset": {
+                "name": ds.name,
+                "source": ds.manifest.get("source"),
+                **ds.manifest["counts"],
+            },
+            "step": step,
+            "encoder": E.state_dict(),
+            "decoder": G.state_dict(),
+            "discriminator": D.state_dict(),
+            "opt_enc": opt_e.state_dict(),
+            "opt_dec": opt_g.state_dict(),
+            "opt_dis": opt_d.state_dict(),
+            "rng": cpu_rng,
+            "fixed_z": fixed_z.cpu(),
+            "metrics": metrics,
+        }
+        ckpt.save_atomic(payload, ckpt_dir / ckpt.step_name(step))
+        ckpt.save_atomic(payload, last_path)
+        ckpt.prune(ckpt_dir, cfg.keep_checkpoints)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        ev = evaluate(model, ds, fixed_z, cfg, device)
+        m = {"step": step, **ev["metrics"]}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        save_grid(ev["samples"], sample_dir / f"step_{step:07d}_samples.png")
+        if ev["recon_pairs"] is not None:  # columns alternate original | reconstruction
+            save_grid(ev["recon_pairs"], sample_dir / f"step_{step:07d}_recon.png", nrow=8)
+        if writer:
+            for k, v in m.items():
+                if k != "step" and v is not None:
+                    writer.add_scalar(f"val/{k}", v, step)
+            writer.add_image("samples", make_grid(ev["samples"]), step, dataformats="HWC")
+        return m
+
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    t_window, n_window = time.perf_counter(), 0
+    try:
+        while step < cfg.steps:
+            idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)
+            x_np = ds.train_batch(idx, np.random.default_rng([cfg.seed, step, 1]))
+            x = from_pixels(torch.from_numpy(x_np)).to(device, non_blocking=True)
+            if cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            losses = train_step(nets, opts, x, cfg, autocast, step, last_path)
+
+            step += 1
+            n_window += x.shape[0]
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                vals = losses.as_floats()
+                ips = n_window / max(time.perf_counter() - t_window, 1e-9)
+                bar.set_postfix(
+                    kl=f"{vals['kl']:.1f}",
+                    llike=f"{vals['llike']:.1f}",
+                    d=f"{vals['gan_d']:.2f}",
+                    g=f"{vals['gan_g']:.2f}",
+                    img_s=f"{ips:.0f}",
+                )
+                if writer:
+                    for k, v in vals.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/images_per_second", ips, step)
+                t_window, n_window = time.perf_counter(), 0
+            evaluated = step % cfg.eval_every == 0 or step == cfg.steps
+            if evaluated:
+                last_metrics = run_eval(step)
+                bar.write(_format_metrics(last_metrics))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step, last_metrics)
+            if evaluated:  # the pause for eval and saving is not training throughput
+                t_window, n_window = time.perf_counter(), 0
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    return last_metrics
+
+
+def _check_finite(step: int, values: dict[str, torch.Tensor], last_path: Path | None) -> None:
+    """The divergence guard: stop before a NaN/Inf loss can reach the weights."""
+    bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
+    if bad:
+        where = (
+            f"last good checkpoint: {last_path}"
+            if last_path is not None and last_path.exists()
+            else "no checkpoint was written yet"
+        )
+        raise Divergence(
+            f"training diverged at step {step + 1}: {', '.join(bad)} became NaN/Inf ({where}); "
+            "lower the learning rates (--set lr_dec=...) or enable --set balance_margin=0.3"
+        )
+
+
+def _format_metrics(m: dict[str, Any]) -> str:
+    if m.get("val_mse") is None:
+        return f"step {m['step']}: no validation split"
+    return (
+        f"step {m['step']}: val_mse {m['val_mse']:.4f} (mean-image baseline {m['baseline_mse']:.4f},"
+        f" ratio {m['val_mse_over_baseline']:.2f})  psnr {m['val_psnr']:.2f} dB  hist_chi2 {m['hist_chi2']:.4f}"
+    )
+
+
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is in the training extra; carry on without it
+        return None
+    return SummaryWriter(str(path))
+
+
+def config_from_checkpoint(path: str | Path) -> TrainConfig:
+    return from_dict(ckpt.load(path)["train_config"])
