@@ -4,11 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The python backend of the local Triton runs model.py in its own small environment:
+# Triton 2.51's stub needs numpy<2 there, while the project itself uses numpy 2.
+TRITON_ENV := $(VENV)-triton
+TRITON_STAMP := $(TRITON_ENV)/.installed
 OUT ?= outputs
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint format demo demo-data demo-font clean
+.PHONY: help install triton-env test lint format demo demo-data demo-font triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,11 +22,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in the training extra: the CPU wheel, not GBs of CUDA.
 	$(BIN)/pip install -q -e '.[training,serving,dev]'
+	# Only the tritonserver binary of nvidia-pytriton is used; its numpy<2 pin would hold
+	# the whole environment back, so it goes in without its dependencies.
+	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with all extras
+$(TRITON_STAMP):
+	test -d $(TRITON_ENV) || $(PYTHON) -m venv $(TRITON_ENV)
+	$(TRITON_ENV)/bin/pip install -q 'numpy<2' onnxruntime
+	touch $(TRITON_STAMP)
 
-test: $(STAMP) ## run the test suite (what CI runs)
+triton-env: $(TRITON_STAMP) ## the python backend's environment for the local Triton (.venv-triton)
+
+install: $(STAMP) $(TRITON_STAMP) ## create .venv (and .venv-triton) and install the project with all extras
+
+test: $(STAMP) $(TRITON_STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check and format check
@@ -52,15 +66,25 @@ $(OUT)/demo_images: | $(STAMP)
 
 demo-data: $(OUT)/demo_images ## render the emoji demo images (about 1,400 PNGs)
 
-demo: $(STAMP) $(OUT)/demo_images ## prepare the demo data, train the cpu-demo preset, write sample grids
+demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, train cpu-demo, write grids, export for Triton
 	$(BIN)/vaegan prepare $(OUT)/demo_images --out $(OUT)/demo_data --center-crop --overwrite
 	rm -rf $(OUT)/demo_run
 	$(BIN)/vaegan train --data $(OUT)/demo_data --out $(OUT)/demo_run --preset cpu-demo
+	$(BIN)/vaegan export --checkpoint $(OUT)/demo_run/checkpoints/last.pt --repository $(OUT)/demo_repository --backend python
 	@echo
 	@echo "Metrics:        $(OUT)/demo_run/metrics.jsonl"
 	@echo "Sample grids:   $$(ls $(OUT)/demo_run/samples/*_samples.png | tail -1)"
 	@echo "Reconstructions (original | reconstruction): $$(ls $(OUT)/demo_run/samples/*_recon.png | tail -1)"
 	@echo "TensorBoard:    $(BIN)/tensorboard --logdir $(OUT)/demo_run/tb"
+	@echo "Triton model repository: $(OUT)/demo_repository (serve it with: make triton)"
+
+triton: $(STAMP) $(TRITON_STAMP) ## serve outputs/demo_repository with the local Triton (gRPC 8001, HTTP 8000, metrics 8002)
+	$(BIN)/vaegan triton --repository $(OUT)/demo_repository
+
+bench: $(STAMP) ## benchmarks on the demo model (run make demo first); results in outputs/bench/
+	@test -f $(OUT)/demo_run/checkpoints/last.pt || { echo "run 'make demo' first"; exit 1; }
+	mkdir -p $(OUT)/bench
+	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -100,3 +100,30 @@ def shapes_dataset(tmp_path_factory) -> Path:
         progress=False,
     )
     return base / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(shapes_dataset, tmp_path_factory) -> Path:
+    """A checkpoint of a tiny model trained for a few steps on the generated shapes."""
+    from vaegan.training.config import ModelConfig, TrainConfig
+    from vaegan.training.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    cfg = TrainConfig(
+        model=ModelConfig(width=8, latent_dim=16),
+        steps=6,
+        batch_size=16,
+        eval_every=6,
+        checkpoint_every=6,
+        num_samples=8,
+        pixel_weight=1.0,
+    )
+    train(cfg, shapes_dataset, run, progress=False)
+    return run / "checkpoints" / "last.pt"
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its content, to show a folder was left untouched."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

@@ -38,8 +38,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, not a torch file at all
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
         raise VaeganError(
-            f"{path} is not a readable vaegan checkpoint ({type(e).__name__}: {e})"
+            f"{path} is not a readable vaegan checkpoint ({type(e).__name__}: {first_line})"
         ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise VaeganError(f"{path} is not a vaegan checkpoint (format {FORMAT_VERSION} expected)")

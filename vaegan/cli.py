@@ -68,6 +68,59 @@ def _demo_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _export(a: argparse.Namespace) -> int:
+    from vaegan.export.export import ExportOptions, export
+    from vaegan.export.repository import BatchingOptions
+    from vaegan.export.tensorrt import Profile
+
+    opts = ExportOptions(
+        backend=a.backend,
+        fp16=a.fp16,
+        encoder_name=a.encoder_name,
+        decoder_name=a.decoder_name,
+        batching=BatchingOptions(
+            max_batch_size=a.max_batch_size,
+            preferred_batch_sizes=tuple(a.preferred_batch_size),
+            max_queue_delay_us=a.max_queue_delay_us,
+            instance_kind=a.instance_kind,
+            instance_count=a.instances,
+        ),
+        trt_profile=Profile(a.trt_min_batch, a.trt_opt_batch, a.trt_max_batch),
+        execution_env=a.execution_env,
+        intra_op_threads=a.intra_op_threads,
+    )
+    export(a.checkpoint, a.repository, opts)
+    return 0
+
+
+def _triton(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from vaegan.export.local_triton import LocalTriton
+
+    server = LocalTriton(
+        a.repository,
+        grpc_port=a.grpc_port,
+        http_port=a.http_port,
+        metrics_port=a.metrics_port,
+        log_path=a.log,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with server:
+        print(
+            f"Triton ready: gRPC {server.grpc_url}, HTTP 127.0.0.1:{server.http_port}, "
+            f"metrics {server.metrics_url}; log {server.log_path}. Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            if server.process is None or server.process.poll() is not None:
+                raise VaeganError(f"tritonserver stopped: {server.errors()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vaegan.preprocess import DEFAULT_MAX_PIXELS
 
@@ -158,6 +211,114 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
+    from vaegan import interface as api
+
+    e = sub.add_parser(
+        "export",
+        help="export a checkpoint's encoder and decoder into a Triton model repository",
+        description="Export encoder and decoder to ONNX (dynamic batch, uint8 pixel interface), check them "
+        "against PyTorch, and add them as a new version to a Triton model repository. "
+        "Nothing is written unless every check passes.",
+    )
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="a training checkpoint (RUN_DIR/checkpoints/last.pt)",
+    )
+    e.add_argument(
+        "--repository",
+        required=True,
+        metavar="REPO",
+        help="model repository folder (created if missing)",
+    )
+    e.add_argument(
+        "--backend",
+        choices=["onnxruntime", "tensorrt", "python"],
+        default="onnxruntime",
+        help="onnxruntime: Triton's ONNX Runtime backend (GPU instances); tensorrt: plan files "
+        "built here (needs a GPU and the tensorrt package); python: model.py running the same "
+        "ONNX file, for CPU Tritons without onnxruntime, like the local one (default onnxruntime)",
+    )
+    e.add_argument(
+        "--fp16",
+        action="store_true",
+        help="half-precision networks (checked with a looser tolerance)",
+    )
+    e.add_argument(
+        "--encoder-name",
+        default=api.ENCODER_MODEL,
+        help=f"encoder model name (default {api.ENCODER_MODEL})",
+    )
+    e.add_argument(
+        "--decoder-name",
+        default=api.DECODER_MODEL,
+        help=f"decoder model name (default {api.DECODER_MODEL})",
+    )
+    e.add_argument(
+        "--max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)"
+    )
+    e.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64],
+        help="dynamic batcher's preferred sizes (default 16 32 64)",
+    )
+    e.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="how long the dynamic batcher waits to fill a batch, in microseconds (default 2000)",
+    )
+    e.add_argument(
+        "--instance-kind",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="instance_group kind; auto: GPU for onnxruntime/tensorrt, CPU for python",
+    )
+    e.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
+    e.add_argument(
+        "--trt-min-batch", type=int, default=1, help="TensorRT profile minimum batch (default 1)"
+    )
+    e.add_argument(
+        "--trt-opt-batch", type=int, default=16, help="TensorRT profile optimal batch (default 16)"
+    )
+    e.add_argument(
+        "--trt-max-batch", type=int, default=64, help="TensorRT profile maximum batch (default 64)"
+    )
+    e.add_argument(
+        "--execution-env",
+        default=None,
+        metavar="PATH",
+        help="python backend: the environment model.py runs in (needs onnxruntime and numpy<2); "
+        "default $VAEGAN_TRITON_ENV, else .venv-triton beside this venv; '' leaves it to the server",
+    )
+    e.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="python backend: ONNX Runtime threads per instance (default 0 = its own choice)",
+    )
+    e.set_defaults(func=_export)
+
+    tr = sub.add_parser(
+        "triton",
+        help="run the local Triton server (from nvidia-pytriton) on a model repository",
+        description="Start the real tritonserver from the nvidia-pytriton wheel with the python backend "
+        "for this Python, wait until every model is ready, and run until Ctrl-C or SIGTERM.",
+    )
+    tr.add_argument("--repository", required=True, metavar="REPO", help="model repository folder")
+    tr.add_argument(
+        "--grpc-port", type=int, default=8001, help="KServe v2 gRPC port (default 8001)"
+    )
+    tr.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    tr.add_argument(
+        "--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)"
+    )
+    tr.add_argument("--log", default=None, help="server log file (default: a temporary file)")
+    tr.set_defaults(func=_triton)
+
     d = sub.add_parser(
         "demo-data",
         help="render the emoji demo image folder",
@@ -185,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VaeganError as e:
-        print(f"vaegan {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever a library put in it
+        print(f"vaegan {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vaegan {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,176 @@
+"""``vaegan export``: a training checkpoint -> encoder and decoder in a Triton repository.
+
+Order of work: read and check everything (checkpoint, repository, existing configs), build
+and check the graphs, and only then write. A failure before the write step leaves the
+repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vaegan.export import repository as repo_mod
+from vaegan.export.onnx_graphs import export_graphs
+from vaegan.export.repository import BACKENDS, BatchingOptions, ModelSpec
+from vaegan.export.tensorrt import Profile, build_plan, require_tensorrt
+from vaegan.training import checkpoint as ckpt
+from vaegan.training.config import ModelConfig
+from vaegan.training.model import VAEGAN
+
+from vaegan import interface as api
+from vaegan.errors import VaeganError
+
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    backend: str = "onnxruntime"
+    fp16: bool = False
+    encoder_name: str = api.ENCODER_MODEL
+    decoder_name: str = api.DECODER_MODEL
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    trt_profile: Profile = field(default_factory=Profile)
+    execution_env: str | None = None  # python backend; None = default_execution_env()
+    intra_op_threads: int = 0
+
+
+def default_execution_env() -> str:
+    """$VAEGAN_TRITON_ENV, else ``<this env>-triton`` (``make install`` creates .venv-triton),
+    else this environment."""
+    if os.environ.get("VAEGAN_TRITON_ENV"):
+        return os.environ["VAEGAN_TRITON_ENV"]
+    sibling = sys.prefix + "-triton"
+    return sibling if Path(sibling, "bin", "python").exists() else sys.prefix
+
+
+def check_execution_env(path: str) -> None:
+    """The python backend runs model.py in this environment: it needs onnxruntime, the
+    stub's Python version, and numpy < 2 (Triton 2.51's stub silently returns empty
+    output tensors from a numpy 2 environment)."""
+    python = Path(path) / "bin" / "python"
+    if not python.exists():
+        raise VaeganError(f"--execution-env {path} is not a Python environment (no bin/python)")
+    probe = (
+        "import sys, numpy, onnxruntime; print(numpy.__version__, '%d.%d' % sys.version_info[:2])"
+    )
+    r = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise VaeganError(
+            f"--execution-env {path} lacks numpy or onnxruntime; create one with 'make triton-env'"
+        )
+    numpy_version, py = r.stdout.split()
+    here = "{}.{}".format(*sys.version_info[:2])
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise VaeganError(
+            f"--execution-env {path} has numpy {numpy_version}; Triton's python backend needs numpy<2 "
+            "there ('make triton-env' creates .venv-triton), or pass --execution-env ''"
+            " for a Triton image that brings its own"
+        )
+    if py != here:
+        raise VaeganError(
+            f"--execution-env {path} is Python {py}; the local Triton stub is for Python {here}"
+        )
+
+
+def load_model(checkpoint: str | Path) -> tuple[VAEGAN, dict[str, Any]]:
+    state = ckpt.load(checkpoint)
+    model = VAEGAN(ModelConfig(**state["model_config"]))
+    model.encoder.load_state_dict(state["encoder"])
+    model.decoder.load_state_dict(state["decoder"])
+    return model.eval(), state
+
+
+def export(
+    checkpoint: str | Path, repository: str | Path, opts: ExportOptions, log=print
+) -> dict[str, Any]:
+    if opts.backend not in BACKENDS:
+        raise VaeganError(f"--backend must be one of {', '.join(BACKENDS)}, got {opts.backend!r}")
+    if opts.encoder_name == opts.decoder_name:
+        raise VaeganError("encoder and decoder need different model names")
+    if opts.backend == "tensorrt":
+        require_tensorrt()  # fail before any work where there is no GPU
+    repository = Path(repository)
+    model, state = load_model(checkpoint)
+    env: str | None = None  # the python backend's EXECUTION_ENV_PATH ('' = leave it out)
+    if opts.backend == "python":
+        env = opts.execution_env if opts.execution_env is not None else default_execution_env()
+        if env:
+            check_execution_env(env)
+    repo_mod.check_writable(repository)
+    cfg = model.cfg
+
+    t0 = time.time()
+    log(
+        f"exporting {checkpoint} (step {state['step']}, latent {cfg.latent_dim}, {cfg.image_size}px) to ONNX"
+        + (" in fp16" if opts.fp16 else "")
+    )
+    graphs = export_graphs(model, fp16=opts.fp16)
+    p = graphs.parity
+    log(
+        f"parity vs PyTorch on batches {p['batches_checked']}: decoder max pixel diff {p['decoder_max_pixel_diff']} "
+        f"(limit {p['decoder_pixel_tolerance']}), encoder max |mu diff| {p['encoder_max_mu_diff']:.2e} "
+        f"(limit {p['encoder_mu_tolerance']:.1e}), max |logvar diff| {p['encoder_max_logvar_diff']:.2e}"
+    )
+
+    plans = []
+    for role, name, onnx_bytes in (
+        ("encoder", opts.encoder_name, graphs.encoder),
+        ("decoder", opts.decoder_name, graphs.decoder),
+    ):
+        spec = ModelSpec(
+            name=name,
+            role=role,
+            image_size=cfg.image_size,
+            latent_dim=cfg.latent_dim,
+            crop=state["crop"],
+            backend=opts.backend,
+            batching=opts.batching,
+            execution_env=env or None,
+            intra_op_threads=opts.intra_op_threads,
+        )
+        if opts.backend == "tensorrt":
+            batching = replace(opts.batching, max_batch_size=opts.trt_profile.max_batch)
+            spec = replace(spec, batching=batching)
+            in_name, _, in_dims = repo_mod.io_tensors(spec)[0][0]
+            files = {
+                "model.plan": build_plan(onnx_bytes, in_name, in_dims, opts.trt_profile, opts.fp16)
+            }
+        elif opts.backend == "python":
+            files = {"model.onnx": onnx_bytes, "model.py": PYTHON_MODEL.read_bytes()}
+        else:
+            files = {"model.onnx": onnx_bytes}
+        facts = {
+            "role": role,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "checkpoint_step": int(state["step"]),
+            "dataset": state["dataset"].get("name"),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+            "backend": opts.backend,
+            "fp16": opts.fp16,
+            "latent_dim": cfg.latent_dim,
+            "image_size": cfg.image_size,
+            "crop": state["crop"],
+            "val_mse": (state.get("metrics") or {}).get("val_mse"),
+            "parity": graphs.parity,
+        }
+        plans.append(repo_mod.plan_model(repository, spec, files, facts))
+    written = [repo_mod.write_model(plan) for plan in plans]
+    for path in written:
+        log(f"wrote {path}")
+    log(
+        f"done in {time.time() - t0:.1f}s: {repository} ({opts.backend}, version {plans[0].version}/{plans[1].version})"
+    )
+    return {
+        "versions": {p.spec.name: p.version for p in plans},
+        "parity": graphs.parity,
+        "paths": written,
+    }

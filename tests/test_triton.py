@@ -1,0 +1,120 @@
+"""The exported repository on the real Triton server (tritonserver 2.51 from nvidia-pytriton),
+called over KServe v2 gRPC on loopback with tritonclient."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.local_triton import LocalTriton
+from vaegan.training.model import from_pixels, to_pixels
+
+from vaegan.errors import VaeganError
+
+pytestmark = pytest.mark.integration
+TRITON_ENV = sys.prefix + "-triton"  # make install builds it: the python backend needs numpy<2
+OPTS = ExportOptions(backend="python", execution_env=TRITON_ENV)
+
+
+def _infer(client, model, name, array, dtype, outputs, version=""):
+    inp = grpcclient.InferInput(name, list(array.shape), dtype)
+    inp.set_data_from_numpy(array)
+    result = client.infer(model, [inp], model_version=version)
+    return [result.as_numpy(o) for o in outputs], result.get_response().model_version
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    export(tiny_checkpoint, repo, OPTS, log=lambda *_: None)
+    with LocalTriton(repo) as server:
+        yield server, grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@pytest.mark.parametrize("batch", [1, 17])
+def test_triton_answers_both_models_as_pytorch_does(served, tiny_checkpoint, batch):
+    _, client = served
+    model, _ = load_model(tiny_checkpoint)
+    z = torch.randn(batch, 16, generator=torch.Generator().manual_seed(batch))
+    (pixels,), version = _infer(client, "vaegan_decoder", "z", z.numpy(), "FP32", ["image"])
+    with torch.no_grad():
+        ref = to_pixels(model.decode(z)).numpy()
+    assert version == "1" and pixels.dtype == np.uint8 and pixels.shape == (batch, 32, 32, 3)
+    assert np.abs(pixels.astype(int) - ref.astype(int)).max() <= 1
+    (mu, logvar), _ = _infer(client, "vaegan_encoder", "image", ref, "UINT8", ["mu", "logvar"])
+    with torch.no_grad():
+        ref_mu, ref_logvar = (t.numpy() for t in model.encode(from_pixels(torch.from_numpy(ref))))
+    assert mu.shape == logvar.shape == (batch, 16)
+    assert np.abs(mu - ref_mu).max() < 1e-4 and np.abs(logvar - ref_logvar).max() < 1e-4
+
+
+def test_triton_reports_the_model_facts_in_its_config(served):
+    _, client = served
+    cfg = client.get_model_config("vaegan_decoder", as_json=True)["config"]
+    params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+    assert params["vaegan.latent_dim"] == "16" and params["vaegan.role"] == "decoder"
+    assert json.loads(params["vaegan.version_facts"])["1"]["checkpoint_step"] == 6
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [16, 32, 64]
+
+
+def test_wrong_shaped_input_is_an_error_and_triton_keeps_serving(served):
+    _, client = served
+    with pytest.raises(InferenceServerException) as e:
+        _infer(client, "vaegan_decoder", "z", np.zeros((2, 15), np.float32), "FP32", ["image"])
+    assert "15" in str(e.value)
+    (pixels,), _ = _infer(
+        client, "vaegan_decoder", "z", np.zeros((2, 16), np.float32), "FP32", ["image"]
+    )
+    assert pixels.shape == (2, 32, 32, 3)
+
+
+def test_version_two_is_served_while_version_one_stays_loadable(tiny_checkpoint, tmp_path):
+    repo = tmp_path / "repo"
+    export(tiny_checkpoint, repo, OPTS, log=lambda *_: None)
+    export(tiny_checkpoint, repo, OPTS, log=lambda *_: None)
+    with LocalTriton(repo, model_control="explicit", load_models=("vaegan_decoder",)) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert client.is_model_ready("vaegan_decoder", "2")
+        assert not client.is_model_ready("vaegan_decoder", "1")
+        z = np.zeros((1, 16), np.float32)
+        assert _infer(client, "vaegan_decoder", "z", z, "FP32", ["image"])[1] == "2"
+        # Rollback is a config change: the same files, a version policy naming version 1.
+        cfg = client.get_model_config("vaegan_decoder", as_json=True)["config"]
+        cfg["version_policy"] = {"specific": {"versions": [1]}}
+        client.load_model("vaegan_decoder", config=json.dumps(cfg))
+        assert client.is_model_ready("vaegan_decoder", "1")
+        assert not client.is_model_ready("vaegan_decoder", "2")
+        assert _infer(client, "vaegan_decoder", "z", z, "FP32", ["image"])[1] == "1"
+
+
+def test_a_broken_repository_fails_with_tritons_own_error_and_no_process_left(tmp_path):
+    bad = tmp_path / "repo" / "broken"
+    (bad / "1").mkdir(parents=True)
+    (bad / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 4\ninput [{ name: "x" }]\n'
+    )
+    server = LocalTriton(tmp_path / "repo")
+    with pytest.raises(VaeganError, match=r"could not load the models: .*model\.py"):
+        server.start(timeout=60)  # Triton itself would wait forever on this model
+    assert server.process is None
+    log = Path(server.log_path).read_text()
+    assert "broken" in log
+
+
+def test_server_is_stopped_by_pid_when_the_block_fails(tiny_checkpoint, tmp_path):
+    repo = tmp_path / "repo"
+    export(tiny_checkpoint, repo, OPTS, log=lambda *_: None)
+    server = LocalTriton(repo)
+    with pytest.raises(RuntimeError, match="test failure"), server:
+        pid = server.process.pid
+        raise RuntimeError("test failure")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
