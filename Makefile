@@ -12,7 +12,7 @@ OUT ?= outputs
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 PYTEST_ARGS ?=
 
-.PHONY: help install triton-env test lint format demo demo-data demo-font triton bench clean
+.PHONY: help install triton-env proto proto-check test lint format demo demo-data demo-font triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +39,18 @@ install: $(STAMP) $(TRITON_STAMP) ## create .venv (and .venv-triton) and install
 test: $(STAMP) $(TRITON_STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check and format check
+PROTO := proto/vaegan/v1/vaegan.proto
+
+proto: $(STAMP) ## generate the gRPC stubs in vaegan/v1/ from proto/ (never edit them by hand)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+
+proto-check: $(STAMP) ## fail if the committed stubs differ from what make proto generates
+	@tmp=$$(mktemp -d) && $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO) \
+	&& for f in vaegan_pb2.py vaegan_pb2.pyi vaegan_pb2_grpc.py; do \
+		cmp -s $$tmp/vaegan/v1/$$f vaegan/v1/$$f || { echo "vaegan/v1/$$f is stale: run make proto"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "stubs match $(PROTO)"
+
+lint: $(STAMP) proto-check ## ruff check, format check, stubs up to date
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from vaegan.errors import VaeganError
 
@@ -118,6 +119,99 @@ def _triton(a: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 raise VaeganError(f"tritonserver stopped: {server.errors()}")
+    return 0
+
+
+def _serve(a: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from vaegan.service.server import serve
+    from vaegan.service.settings import from_args
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = from_args(a)
+    print(f"vaegan serve: {settings.describe()}", flush=True)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _client(a: argparse.Namespace):
+    from vaegan.client import LatentClient
+
+    return LatentClient(a.target, timeout=a.timeout)
+
+
+def _rpc(fn):
+    """Client verbs: a gRPC error becomes one line with its status code."""
+
+    def run(a: argparse.Namespace) -> int:
+        import grpc
+
+        try:
+            return fn(a)
+        except grpc.RpcError as e:
+            raise VaeganError(f"{e.code().name}: {e.details()}") from None
+
+    return run
+
+
+@_rpc
+def _generate(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vaegan.grid import save_grid
+
+    with _client(a) as c:
+        if a.embeddings:
+            images, _ = c.generate(np.load(a.embeddings).reshape(-1, c.info().latent_dim))
+        else:
+            images, _ = c.generate(count=a.random, seed=a.seed, temperature=a.temperature)
+    save_grid(images, a.out)
+    print(f"wrote {len(images)} images to {a.out}")
+    return 0
+
+
+@_rpc
+def _encode(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    with _client(a) as c:
+        r = c.encode(
+            [Path(p).read_bytes() for p in a.images], reconstruction_error=a.reconstruction_error
+        )
+    np.save(a.out, r.mu)
+    print(
+        f"wrote mu of {len(a.images)} images, shape {r.mu.shape}, to {a.out} (encoder v{r.encoder_version})"
+    )
+    if r.reconstruction_mse is not None:
+        for path, v in zip(a.images, r.reconstruction_mse, strict=True):
+            print(f"{path}\treconstruction_mse {v:.5f}")
+    return 0
+
+
+@_rpc
+def _interpolate(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vaegan.grid import save_grid
+
+    keys = [np.load(k).ravel() if k.endswith(".npy") else Path(k).read_bytes() for k in a.keyframes]
+    with _client(a) as c:
+        images, _ = c.interpolate(keys, a.steps, spherical=a.method == "spherical")
+    save_grid(images, a.out, nrow=a.steps + 2)
+    print(f"wrote {len(images)} frames to {a.out}")
+    return 0
+
+
+@_rpc
+def _info(a: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _client(a) as c:
+        print(json_format.MessageToJson(c.info(), preserving_proto_field_name=True))
     return 0
 
 
@@ -318,6 +412,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--log", default=None, help="server log file (default: a temporary file)")
     tr.set_defaults(func=_triton)
+
+    from vaegan.service.settings import add_arguments
+
+    sv = sub.add_parser(
+        "serve",
+        help="run the gRPC gateway",
+        description="Serve vaegan.v1.LatentService over gRPC with health, reflection and Prometheus metrics. "
+        "With --triton-url the models run on Triton; otherwise the model repository runs in-process "
+        "with ONNX Runtime. Every flag can also be set as an environment variable VAEGAN_<FLAG>.",
+    )
+    add_arguments(sv)
+    sv.set_defaults(func=_serve)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target", default="localhost:50051", help="gateway address (default localhost:50051)"
+        )
+        p.add_argument(
+            "--timeout", type=float, default=30.0, help="call deadline in seconds (default 30)"
+        )
+
+    g = sub.add_parser("generate", help="images from random or given embeddings, as a PNG grid")
+    client_args(g)
+    g.add_argument(
+        "--random",
+        type=int,
+        default=16,
+        metavar="N",
+        help="draw N vectors from the prior (default 16)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the drawn vectors (default 0)")
+    g.add_argument(
+        "--temperature", type=float, default=None, help="scale of the drawn vectors (default 1)"
+    )
+    g.add_argument(
+        "--embeddings", default=None, metavar="Z.npy", help="decode these vectors instead"
+    )
+    g.add_argument("--out", required=True, help="PNG grid to write")
+    g.set_defaults(func=_generate)
+
+    en = sub.add_parser("encode", help="embeddings (mu) of image files, as a .npy array")
+    client_args(en)
+    en.add_argument("images", nargs="+", help="PNG or JPEG files")
+    en.add_argument("--out", required=True, help=".npy file to write")
+    en.add_argument(
+        "--reconstruction-error",
+        action="store_true",
+        help="also print each image's reconstruction MSE",
+    )
+    en.set_defaults(func=_encode)
+
+    ip = sub.add_parser(
+        "interpolate", help="a path between keyframes (images or .npy vectors), as a PNG strip"
+    )
+    client_args(ip)
+    ip.add_argument("keyframes", nargs="+", help="two or more PNG/JPEG files or .npy vectors")
+    ip.add_argument(
+        "--steps", type=int, default=8, help="frames between consecutive keyframes (default 8)"
+    )
+    ip.add_argument(
+        "--method",
+        choices=["spherical", "linear"],
+        default="spherical",
+        help="default spherical (slerp)",
+    )
+    ip.add_argument("--out", required=True, help="PNG to write (one row per segment)")
+    ip.set_defaults(func=_interpolate)
+
+    inf = sub.add_parser("info", help="the served model's facts, versions and limits, as JSON")
+    client_args(inf)
+    inf.set_defaults(func=_info)
 
     d = sub.add_parser(
         "demo-data",

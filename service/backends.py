@@ -1,0 +1,282 @@
+"""The backend interface and its two implementations.
+
+- ``TritonBackend``: a Triton server over KServe v2 gRPC (tritonclient.grpc.aio).
+- ``OnnxBackend``: the same model repository run in-process with ONNX Runtime, so
+  ``vaegan serve`` works anywhere without a Triton.
+
+Both read the model's facts from the same config.pbtxt parameters, take and return the
+same uint8/fp32 arrays, and raise the project's errors (``Unavailable`` when the model
+cannot be reached, ``DeadlineExceeded`` when the time is up).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from vaegan.service.batching import DeadlineExceeded
+from vaegan.service.metrics import Metrics
+
+from vaegan import interface as api
+from vaegan.errors import InvalidInput, NotFound, Unavailable, VaeganError
+from vaegan.preprocess import CropPolicy
+
+ROLES = ("encoder", "decoder")
+INPUT = {"encoder": api.ENCODER_INPUT, "decoder": api.DECODER_INPUT}
+OUTPUTS = {"encoder": list(api.ENCODER_OUTPUTS), "decoder": [api.DECODER_OUTPUT]}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    name: str
+    version: str
+    latent_dim: int
+    image_size: int
+    crop: CropPolicy
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def meta_from_parameters(name: str, version: str, params: dict[str, str]) -> ModelMeta:
+    try:
+        facts = json.loads(params.get(api.PARAM_VERSION_FACTS, "{}")).get(version, {})
+        return ModelMeta(
+            name=name,
+            version=version,
+            latent_dim=int(params[api.PARAM_LATENT_DIM]),
+            image_size=int(params[api.PARAM_IMAGE_SIZE]),
+            crop=CropPolicy.from_dict(json.loads(params[api.PARAM_CROP])),
+            facts=facts,
+        )
+    except (KeyError, ValueError) as e:
+        raise Unavailable(
+            f"model {name} has no vaegan facts in its config ({e}); export it with vaegan export"
+        ) from None
+
+
+class Backend(abc.ABC):
+    kind: str
+
+    def __init__(self, names: dict[str, str], pinned_version: str, metrics: Metrics):
+        self.names, self.pinned, self.metrics = names, pinned_version, metrics
+
+    async def start(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """True when both models answer."""
+
+    @abc.abstractmethod
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        """Facts of the version ``version`` (or the pinned/newest one) of ``role``'s model."""
+
+    @abc.abstractmethod
+    async def _infer(
+        self, role: str, version: str, array: np.ndarray, timeout: float | None
+    ) -> dict[str, np.ndarray]: ...
+
+    async def infer(
+        self, role: str, version: str, array: np.ndarray, timeout: float | None
+    ) -> tuple[dict[str, np.ndarray], str]:
+        model = self.names[role]
+        t = time.monotonic()
+        code = "OK"
+        try:
+            return await self._infer(role, version, array, timeout), version
+        except VaeganError as e:
+            code = e.grpc_code
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.metrics.backend_requests.labels(model, code).inc()
+            self.metrics.backend_latency.labels(model).observe(time.monotonic() - t)
+
+
+class OnnxBackend(Backend):
+    """Runs the repository's model.onnx files in this process, off the event loop."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, repository: str | Path, names, pinned_version, metrics, threads: int = 2):
+        super().__init__(names, pinned_version, metrics)
+        self.repository = Path(repository)
+        self._sessions: dict[tuple[str, str], Any] = {}
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="onnxruntime")
+
+    def _config(self, role: str):
+        from vaegan.export.repository import read_config
+
+        cfg = read_config(self.repository / self.names[role])
+        if cfg is None:
+            raise Unavailable(f"no model {self.names[role]} in {self.repository}")
+        return cfg
+
+    def _version(self, role: str, version: str) -> str:
+        cfg = self._config(role)
+        served = [str(v) for v in cfg.version_policy.specific.versions] or sorted(
+            (p.name for p in (self.repository / self.names[role]).iterdir() if p.name.isdigit()),
+            key=int,
+        )[-1:]
+        wanted = version or self.pinned
+        if wanted and wanted not in served:
+            raise NotFound(
+                f"{self.names[role]} version {wanted} is not served (served: {', '.join(served)})"
+            )
+        return wanted or max(served, key=int)
+
+    async def start(self) -> None:
+        for role in ROLES:  # load and warm up now: readiness means the models really answer
+            meta = await self.meta(role)
+            self._session(role, meta.version)
+
+    def _session(self, role: str, version: str):
+        key = (role, version)
+        if key not in self._sessions:
+            import onnxruntime as ort
+
+            path = self.repository / self.names[role] / version / "model.onnx"
+            if not path.is_file():
+                raise Unavailable(f"{path} is missing")
+            self._sessions[key] = ort.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[key]
+
+    async def ready(self) -> bool:
+        try:
+            for role in ROLES:
+                self._session(role, self._version(role, ""))
+            return True
+        except VaeganError:
+            return False
+
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        v = self._version(role, version)
+        cfg = self._config(role)
+        return meta_from_parameters(
+            self.names[role], v, {k: p.string_value for k, p in cfg.parameters.items()}
+        )
+
+    async def _infer(self, role, version, array, timeout):
+        session = self._session(role, version)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._pool, session.run, OUTPUTS[role], {INPUT[role]: array}
+        )
+        try:
+            outs = await asyncio.wait_for(fut, timeout) if timeout else await fut
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{self.names[role]}: inference did not finish before the deadline"
+            ) from None
+        return dict(zip(OUTPUTS[role], outs, strict=True))
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class TritonBackend(Backend):
+    kind = "triton"
+
+    def __init__(self, url: str, names, pinned_version, metrics, max_message_bytes: int):
+        super().__init__(names, pinned_version, metrics)
+        import tritonclient.grpc.aio as triton
+
+        self._triton = triton
+        self.url = url
+        self.client = triton.InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                # Notice a dead Triton within seconds and reconnect with bounded backoff.
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._meta_cache: dict[tuple[str, str], ModelMeta] = {}
+
+    async def ready(self) -> bool:
+        try:
+            for role in ROLES:
+                if not await self.client.is_model_ready(
+                    self.names[role], self.pinned, client_timeout=2
+                ):
+                    return False
+            return True
+        except Exception:
+            return False
+
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        name = self.names[role]
+        version = version or self.pinned
+        try:
+            if not version:
+                md = await self.client.get_model_metadata(name, as_json=True, client_timeout=5)
+                version = max(md.get("versions") or ["1"], key=int)
+            key = (role, version)
+            if key not in self._meta_cache:
+                if not await self.client.is_model_ready(name, version, client_timeout=5):
+                    raise NotFound(f"{name} version {version} is not ready on Triton")
+                cfg = (
+                    await self.client.get_model_config(
+                        name, version, as_json=True, client_timeout=5
+                    )
+                )["config"]
+                params = {
+                    k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()
+                }
+                self._meta_cache[key] = meta_from_parameters(name, version, params)
+            return self._meta_cache[key]
+        except self._triton_exc() as e:
+            raise self._map(e, name) from None
+
+    def _triton_exc(self):
+        from tritonclient.utils import InferenceServerException
+
+        return InferenceServerException
+
+    def _map(self, e, name: str) -> VaeganError:
+        status = str(e.status() or "")
+        msg = e.message() or str(e)
+        if "DEADLINE_EXCEEDED" in status or "Deadline" in msg:
+            return DeadlineExceeded(f"{name}: Triton did not answer before the deadline")
+        if "INVALID_ARGUMENT" in status:
+            return InvalidInput(f"{name}: {msg}")
+        if "NOT_FOUND" in status or "unknown model" in msg.lower():
+            return NotFound(f"{name}: {msg}")
+        # Triton's "Exceeds maximum queue size" comes as UNAVAILABLE and stays UNAVAILABLE.
+        return Unavailable(f"{name}: Triton unavailable ({status or 'no status'}: {msg[:200]})")
+
+    async def _infer(self, role, version, array, timeout):
+        t = self._triton
+        inp = t.InferInput(
+            INPUT[role], list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32"
+        )
+        inp.set_data_from_numpy(array)
+        outs = [t.InferRequestedOutput(o) for o in OUTPUTS[role]]
+        try:
+            res = await self.client.infer(
+                self.names[role], [inp], model_version=version, outputs=outs, client_timeout=timeout
+            )
+        except self._triton_exc() as e:
+            raise self._map(e, self.names[role]) from None
+        return {o: res.as_numpy(o) for o in OUTPUTS[role]}
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,137 @@
+"""Coalesces concurrent requests for one model into batched backend calls.
+
+Items wait at most ``max_wait`` for company, then go out in batches of up to
+``max_batch`` items; results are split back per request. The queue is bounded in items:
+past it ``submit`` raises RESOURCE_EXHAUSTED at once instead of growing latency. An item
+whose caller cancelled, or whose deadline passed, while it waited is dropped before
+inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from vaegan.service.metrics import Metrics
+
+from vaegan.errors import ResourceExhausted, VaeganError
+
+RunFn = Callable[[np.ndarray, float | None], Awaitable[tuple[dict[str, np.ndarray], str]]]
+
+
+class DeadlineExceeded(VaeganError):
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    deadline: float | None  # time.monotonic() seconds
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        run: RunFn,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        max_concurrent: int,
+    ):
+        self.model, self.run, self.metrics = model, run, metrics
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self._queue: deque[_Item] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._task: asyncio.Task | None = None
+        self._inflight: set[asyncio.Task] = set()
+
+    async def submit(
+        self, array: np.ndarray, deadline: float | None
+    ) -> tuple[dict[str, np.ndarray], str]:
+        n = len(array)
+        if self._queued_items + n > self.max_queue:
+            raise ResourceExhausted(
+                f"{self.model}: request queue is full ({self._queued_items} items waiting, limit {self.max_queue}); retry with backoff"
+            )
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}")
+        item = _Item(array, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._queued_items += n
+        self.metrics.queue_depth.labels(self.model).set(self._queued_items)
+        self._wakeup.set()
+        return await item.future  # cancelling this leaves item.future cancelled: dropped below
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Wait for company until the oldest item has waited max_wait, or the batch is full.
+            wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            while wait > 0 and sum(len(i.array) for i in self._queue) < self.max_batch:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except TimeoutError:
+                    break
+                wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            batch, size = [], 0
+            while self._queue and (not batch or size + len(self._queue[0].array) <= self.max_batch):
+                item = self._queue.popleft()
+                self._queued_items -= len(item.array)
+                if item.future.done():  # the caller went away while it waited
+                    continue
+                if item.deadline is not None and time.monotonic() >= item.deadline:
+                    item.future.set_exception(
+                        DeadlineExceeded(f"{self.model}: deadline passed while queued")
+                    )
+                    continue
+                batch.append(item)
+                size += len(item.array)
+            self.metrics.queue_depth.labels(self.model).set(self._queued_items)
+            if batch:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._dispatch(batch))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        try:
+            now = time.monotonic()
+            for item in batch:
+                self.metrics.queue_wait.labels(self.model).observe(now - item.enqueued)
+            deadlines = [i.deadline for i in batch if i.deadline is not None]
+            timeout = max(0.001, max(deadlines) - now) if len(deadlines) == len(batch) else None
+            arrays = [i.array for i in batch]
+            try:
+                outputs, version = await self.run(np.concatenate(arrays), timeout)
+            except Exception as e:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                return
+            offsets = np.cumsum([0] + [len(a) for a in arrays])
+            for k, item in enumerate(batch):
+                if not item.future.done():
+                    lo, hi = offsets[k], offsets[k + 1]
+                    item.future.set_result(({n: o[lo:hi] for n, o in outputs.items()}, version))
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for t in list(self._inflight):
+            t.cancel()

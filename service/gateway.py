@@ -1,0 +1,68 @@
+"""The gateway's core, between the servicer and the backend: per-model batchers, request
+deadlines, and the model facts used to validate requests. Array in, array out."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from vaegan.service.backends import Backend, ModelMeta
+from vaegan.service.batching import Batcher, DeadlineExceeded
+from vaegan.service.metrics import Metrics
+from vaegan.service.settings import Settings
+
+from vaegan.errors import InvalidInput
+
+
+class Gateway:
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        return await self.backend.meta(role, version)
+
+    async def run(
+        self, role: str, meta: ModelMeta, array: np.ndarray, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """Inputs for ``meta``'s model version -> its outputs, batched with other callers'
+        (or alone, with batching off). The caller's remaining time is the backend timeout."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before inference")
+        if not self.settings.batching:
+            return (await self._call(role, meta, array, self._timeout(deadline)))[0]
+        key = (role, meta.version)
+        if key not in self._batchers:
+            s = self.settings
+
+            async def run_batch(batch: np.ndarray, timeout: float | None, role=role, meta=meta):
+                return await self._call(role, meta, batch, timeout or s.backend_timeout_s)
+
+            self._batchers[key] = Batcher(
+                meta.name,
+                run_batch,
+                self.metrics,
+                max_batch=s.max_batch_size,
+                max_wait_s=s.max_wait_ms / 1e3,
+                max_queue=s.max_queue,
+                max_concurrent=s.max_concurrent_batches,
+            )
+        return (await self._batchers[key].submit(array, deadline))[0]
+
+    async def _call(self, role: str, meta: ModelMeta, array: np.ndarray, timeout: float):
+        self.metrics.batch_size.labels(meta.name).observe(len(array))
+        return await self.backend.infer(role, meta.version, array, timeout)
+
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.settings.backend_timeout_s
+        return max(0.001, deadline - time.monotonic())
+
+    def check_items(self, n: int, field: str) -> None:
+        if n > self.settings.max_items:
+            raise InvalidInput(f"{field}: {n} items; at most {self.settings.max_items} per request")
+
+    async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
+        await self.backend.close()

@@ -1,0 +1,78 @@
+"""Prometheus metrics of the gateway. Names and labels (also in the README):
+
+grpc_server_handled_total{grpc_service, grpc_method, grpc_code}     RPCs completed
+grpc_server_handling_seconds{grpc_service, grpc_method}            RPC latency (histogram)
+vaegan_inflight_requests                                          RPCs being handled
+vaegan_batch_size{model}                                          items per backend call (histogram)
+vaegan_queue_wait_seconds{model}                                  time an item waited for its batch
+vaegan_queue_depth{model}                                         items waiting
+vaegan_backend_requests_total{model, code}                        backend calls by outcome
+vaegan_backend_latency_seconds{model}                             backend call latency (histogram)
+vaegan_backend_ready                                              1 when the backend's models are ready
+vaegan_build_info{version, backend}                               always 1
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All gateway metrics in their own registry (several gateways can share a process)."""
+
+    def __init__(self, backend: str, version: str):
+        r = self.registry = CollectorRegistry()
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "RPC latency on the server.",
+            ["grpc_service", "grpc_method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("vaegan_inflight_requests", "RPCs being handled now.", registry=r)
+        self.batch_size = Histogram(
+            "vaegan_batch_size",
+            "Items per backend call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "vaegan_queue_wait_seconds",
+            "Time an item waited in the batching queue.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "vaegan_queue_depth", "Items waiting in the batching queue.", ["model"], registry=r
+        )
+        self.backend_requests = Counter(
+            "vaegan_backend_requests_total",
+            "Backend calls, by outcome.",
+            ["model", "code"],
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "vaegan_backend_latency_seconds",
+            "Backend call latency.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_ready = Gauge(
+            "vaegan_backend_ready", "1 when the backend's models are ready.", registry=r
+        )
+        info = Gauge(
+            "vaegan_build_info", "Gateway build information.", ["version", "backend"], registry=r
+        )
+        info.labels(version=version, backend=backend).set(1)

@@ -1,0 +1,189 @@
+"""``vaegan serve``: the asyncio gRPC server, its interceptor, health and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
+from vaegan.service.gateway import Gateway
+from vaegan.service.metrics import Metrics
+from vaegan.service.servicer import LatentServicer
+from vaegan.service.settings import Settings
+
+from vaegan import __version__
+from vaegan.errors import VaeganError
+from vaegan.v1 import vaegan_pb2, vaegan_pb2_grpc
+
+log = logging.getLogger("vaegan.service")
+SERVICE = vaegan_pb2.DESCRIPTOR.services_by_name["LatentService"].full_name
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps the project's errors to their gRPC codes, hides everything else behind a
+    generic INTERNAL (logged with its traceback), and records the RPC metrics."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or not details.method.startswith(f"/{SERVICE}/")
+        ):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        inner, m = handler.unary_unary, self.metrics
+
+        async def wrapper(request, context):
+            code = "OK"
+            start = time.perf_counter()
+            m.inflight.inc()
+            try:
+                return await inner(request, context)
+            except VaeganError as e:
+                code = e.grpc_code
+                await context.abort(getattr(grpc.StatusCode, code), str(e))
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = context.code().name if context.code() else "UNKNOWN"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("unexpected error in %s", method)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
+                )
+            finally:
+                m.inflight.dec()
+                m.handled.labels(SERVICE, method, code).inc()
+                m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def make_backend(s: Settings, metrics: Metrics) -> Backend:
+    names = {"encoder": s.encoder_model, "decoder": s.decoder_model}
+    if s.triton_url:
+        return TritonBackend(s.triton_url, names, s.model_version, metrics, s.max_message_bytes)
+    if s.model_repository:
+        return OnnxBackend(s.model_repository, names, s.model_version, metrics)
+    raise VaeganError(
+        "give --model-repository REPO (embedded ONNX Runtime) or --triton-url HOST:PORT"
+    )
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    gateway: Gateway
+    servicer: LatentServicer
+    metrics: Metrics
+    watcher: asyncio.Task
+    metrics_http: object | None
+
+    async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """NOT_SERVING first, let endpoints update, finish in-flight calls, close the backend."""
+        await self.health.enter_graceful_shutdown()
+        if drain_delay:
+            await asyncio.sleep(drain_delay)
+        await self.server.stop(grace)
+        self.watcher.cancel()
+        await self.gateway.close()
+        self.servicer.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+
+
+async def start(s: Settings) -> Running:
+    metrics = Metrics("triton" if s.triton_url else "onnxruntime", __version__)
+    backend = make_backend(s, metrics)
+    try:
+        await backend.start()
+    except VaeganError as e:  # e.g. Triton absent: start anyway, report NOT_SERVING
+        log.warning("backend not ready at start: %s", e)
+    gateway = Gateway(backend, s, metrics)
+    options = [
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(s.grace_s * 1000)),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
+    servicer = LatentServicer(gateway)
+    vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{s.host}:{s.port}")
+    if port == 0:
+        raise VaeganError(f"cannot listen on {s.host}:{s.port}")
+    metrics_http = (
+        start_http_server(s.metrics_port, registry=metrics.registry)[0] if s.metrics_port else None
+    )
+    await server.start()
+    watcher = asyncio.create_task(_watch_health(backend, health_servicer, metrics, s.health_poll_s))
+    await _set_health(backend, health_servicer, metrics)
+    return Running(server, port, health_servicer, gateway, servicer, metrics, watcher, metrics_http)
+
+
+async def _set_health(backend: Backend, h, metrics: Metrics) -> bool:
+    ok = await backend.ready()
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE):
+        await h.set(name, status)
+    metrics.backend_ready.set(1 if ok else 0)
+    return ok
+
+
+async def _watch_health(backend: Backend, h, metrics: Metrics, every: float) -> None:
+    """SERVING only while the backend's models answer; follows Triton going and coming."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await _set_health(backend, h, metrics)
+        except Exception:  # never let the watcher die
+            log.exception("health check failed")
+
+
+async def serve(s: Settings) -> None:
+    running = await start(s)
+    log.info(
+        "vaegan gateway %s on port %d (%s); settings: %s",
+        __version__,
+        running.port,
+        running.gateway.backend.kind,
+        s.describe(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: NOT_SERVING, draining for up to %.0fs", s.grace_s)
+    await running.stop(grace=s.grace_s, drain_delay=s.drain_delay_s)

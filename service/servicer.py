@@ -1,0 +1,193 @@
+"""Thin servicers: request messages -> arrays -> ``Gateway`` -> response messages.
+Errors are raised as the project's exceptions; the interceptor turns them into statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from vaegan.service import codecs
+from vaegan.service.gateway import Gateway
+
+from vaegan.errors import InvalidInput
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class LatentServicer(pb_grpc.LatentServiceServicer):
+    def __init__(self, gateway: Gateway):
+        self.g = gateway
+        s = gateway.settings
+        self.limits = pb.Limits(
+            max_items=s.max_items,
+            max_image_bytes=s.max_image_bytes,
+            max_image_pixels=s.max_image_pixels,
+            max_steps=s.max_steps,
+            max_frames=s.max_frames,
+            max_message_bytes=s.max_message_bytes,
+        )
+        # Decoding is CPU work in C (Pillow releases the GIL): keep it off the event loop.
+        self._decode_pool = ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode")
+
+    async def _decode(self, images, meta, field: str) -> np.ndarray:
+        s = self.g.settings
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(
+                self._decode_pool,
+                codecs.decode_image,
+                data,
+                meta.crop,
+                f"{field}[{i}]",
+                s.max_image_bytes,
+                s.max_image_pixels,
+            )
+            for i, data in enumerate(images)
+        ]
+        return np.stack(await asyncio.gather(*jobs))
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        meta = await self.g.meta("decoder", request.model_version)
+        which = request.WhichOneof("source")
+        if which == "embeddings":
+            z = codecs.embeddings(
+                request.embeddings.items,
+                meta.latent_dim,
+                "embeddings.items",
+                self.g.settings.max_items,
+            )
+        elif which == "sample":
+            n = request.sample.count
+            if not 1 <= n <= self.g.settings.max_items:
+                raise InvalidInput(f"sample.count: {n}; expected 1..{self.g.settings.max_items}")
+            temperature = (
+                request.sample.temperature if request.sample.HasField("temperature") else 1.0
+            )
+            if not (np.isfinite(temperature) and temperature > 0):
+                raise InvalidInput(f"sample.temperature: {temperature}; expected a positive number")
+            rng = np.random.default_rng(request.sample.seed)
+            z = (rng.standard_normal((n, meta.latent_dim)) * temperature).astype(np.float32)
+        else:
+            raise InvalidInput("source: set either embeddings or sample")
+        pixels = (await self.g.run("decoder", meta, z, _deadline(context)))["image"]
+        return pb.GenerateResponse(
+            images=codecs.encode_images(pixels, request.output),
+            embeddings=codecs.to_embeddings(z),
+            decoder_version=meta.version,
+        )
+
+    async def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:
+        if not request.images:
+            raise InvalidInput("images: at least one image is required")
+        self.g.check_items(len(request.images), "images")
+        meta = await self.g.meta("encoder", request.model_version)
+        deadline = _deadline(context)
+        x = await self._decode(request.images, meta, "images")
+        out = await self.g.run("encoder", meta, x, deadline)
+        mu, logvar = out["mu"], out["logvar"]
+        encodings = [
+            pb.Encoding(mu=pb.Embedding(values=m.tolist()), logvar=pb.Embedding(values=lv.tolist()))
+            for m, lv in zip(mu, logvar, strict=True)
+        ]
+        if request.sample:
+            eps = np.random.default_rng(request.seed).standard_normal(mu.shape).astype(np.float32)
+            for e, z in zip(encodings, mu + np.exp(0.5 * logvar) * eps, strict=True):
+                e.z.values.extend(z.tolist())
+        response = pb.EncodeResponse(encodings=encodings, encoder_version=meta.version)
+        if request.reconstruction_error:
+            dmeta = await self.g.meta("decoder", request.model_version)
+            recon = (await self.g.run("decoder", dmeta, mu, deadline))["image"]
+            mse = ((recon.astype(np.float32) - x.astype(np.float32)) / 255.0) ** 2
+            # The response holds copies of `encodings`: set the field on its own messages.
+            for e, v in zip(response.encodings, mse.reshape(len(x), -1).mean(1), strict=True):
+                e.reconstruction_mse = float(v)
+            response.decoder_version = dmeta.version
+        return response
+
+    async def Interpolate(self, request: pb.InterpolateRequest, context) -> pb.InterpolateResponse:
+        s = self.g.settings
+        keys = request.keyframes
+        if len(keys) < 2:
+            raise InvalidInput(f"keyframes: {len(keys)} given; at least 2 are needed")
+        self.g.check_items(len(keys), "keyframes")
+        if request.steps > s.max_steps:
+            raise InvalidInput(f"steps: {request.steps}; at most {s.max_steps}")
+        frames = (len(keys) - 1) * (request.steps + 1) + 1
+        if frames > s.max_frames:
+            raise InvalidInput(
+                f"steps: the path would have {frames} frames; at most {s.max_frames}"
+            )
+        method = request.method or pb.INTERPOLATION_METHOD_SPHERICAL
+        if method not in (pb.INTERPOLATION_METHOD_LINEAR, pb.INTERPOLATION_METHOD_SPHERICAL):
+            raise InvalidInput(f"method: unknown value {method}")
+        deadline = _deadline(context)
+        dmeta = await self.g.meta("decoder", request.model_version)
+        vectors = np.zeros((len(keys), dmeta.latent_dim), np.float32)
+        image_at = [i for i, k in enumerate(keys) if k.WhichOneof("kind") == "image"]
+        for i, k in enumerate(keys):
+            kind = k.WhichOneof("kind")
+            if kind == "embedding":
+                vectors[i] = codecs.embedding(
+                    k.embedding, dmeta.latent_dim, f"keyframes[{i}].embedding"
+                )
+            elif kind != "image":
+                raise InvalidInput(f"keyframes[{i}]: set either embedding or image")
+        response = pb.InterpolateResponse(decoder_version=dmeta.version)
+        if image_at:
+            emeta = await self.g.meta("encoder", request.model_version)
+            if emeta.latent_dim != dmeta.latent_dim:
+                raise InvalidInput(
+                    f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
+                )
+            x = await self._decode([keys[i].image for i in image_at], emeta, "keyframes.image")
+            mu = (await self.g.run("encoder", emeta, x, deadline))["mu"]
+            vectors[image_at] = mu
+            response.encoder_version = emeta.version
+        z = codecs.path(
+            vectors, request.steps, spherical=method == pb.INTERPOLATION_METHOD_SPHERICAL
+        )
+        pixels = await self._decode_path(dmeta, z, deadline)
+        response.images.extend(codecs.encode_images(pixels, request.output))
+        response.embeddings.extend(codecs.to_embeddings(z))
+        return response
+
+    async def _decode_path(self, meta, z: np.ndarray, deadline) -> np.ndarray:
+        # One decoder call per max_batch_size frames (a single call for paths that fit).
+        step = self.g.settings.max_batch_size
+        parts = [
+            self.g.run("decoder", meta, z[i : i + step], deadline) for i in range(0, len(z), step)
+        ]
+        return np.concatenate([p["image"] for p in await asyncio.gather(*parts)])
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
+        enc, dec = await self.g.meta("encoder"), await self.g.meta("decoder")
+        return pb.ModelInfo(
+            latent_dim=dec.latent_dim,
+            image_size=dec.image_size,
+            crop_mode=enc.crop.mode,
+            crop_fraction=enc.crop.fraction,
+            backend=self.g.backend.kind,
+            limits=self.limits,
+            encoder=pb.ModelVersionInfo(
+                name=enc.name, version=enc.version, facts=_str_facts(enc.facts)
+            ),
+            decoder=pb.ModelVersionInfo(
+                name=dec.name, version=dec.version, facts=_str_facts(dec.facts)
+            ),
+        )
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _str_facts(facts: dict) -> dict[str, str]:
+    import json
+
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in facts.items()}

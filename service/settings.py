@@ -1,0 +1,91 @@
+"""Gateway settings: one typed object built in main() from flags and VAEGAN_* environment
+variables (flags win). Printed at start-up."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vaegan import interface as api
+from vaegan.preprocess import DEFAULT_MAX_PIXELS
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_repository: str | None = None  # embedded ONNX Runtime backend on this repository
+    triton_url: str | None = None  # or a Triton server's gRPC address (host:port)
+    host: str = "[::]"
+    port: int = 50051
+    metrics_port: int = 9090  # 0 = no metrics endpoint
+    encoder_model: str = api.ENCODER_MODEL
+    decoder_model: str = api.DECODER_MODEL
+    model_version: str = ""  # pin a version; "" = the newest the backend serves
+    batching: bool = True  # coalesce concurrent requests into one backend call
+    max_batch_size: int = 64  # items per backend call
+    max_wait_ms: float = 2.0  # how long a batch waits to fill
+    max_queue: int = 1024  # items waiting per model; past it, RESOURCE_EXHAUSTED at once
+    max_concurrent_batches: int = 2  # backend calls in flight per model
+    max_items: int = 64  # embeddings / images / samples per request
+    max_image_bytes: int = 8 * MiB
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_steps: int = 256
+    max_frames: int = 1024
+    max_message_bytes: int = 64 * MiB
+    backend_timeout_s: float = 30.0  # per backend call when the caller set no deadline
+    decode_threads: int = 2  # image decoding runs off the event loop
+    grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
+    drain_delay_s: float = 0.0  # SIGTERM: NOT_SERVING this long before stopping (endpoints update)
+    max_connection_age_s: float = 300.0  # clients reconnect, so new replicas get traffic
+    health_poll_s: float = 1.0  # how often backend readiness is checked
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+HELP = {
+    "model_repository": "serve this model repository with the embedded ONNX Runtime backend",
+    "triton_url": "serve through Triton at HOST:PORT (gRPC) instead",
+    "model_version": "pin a model version (default: the newest ready)",
+    "batching": "coalesce concurrent requests (true/false)",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = "VAEGAN_" + f.name.upper()
+        default = f.default
+        typ = {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[
+            str(f.type)
+        ]
+        help_text = HELP.get(f.name, f.name.replace("_", " "))
+        p.add_argument(
+            flag, type=typ, default=None, help=f"{help_text} (env {env}; default {default!r})"
+        )
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        typ = {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[
+            str(f.type)
+        ]
+        flag_value = getattr(args, f.name, None)
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif "VAEGAN_" + f.name.upper() in environ:
+            values[f.name] = typ(environ["VAEGAN_" + f.name.upper()])
+    return Settings(**values)
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")

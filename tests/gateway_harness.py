@@ -1,0 +1,57 @@
+"""Runs a real gateway (grpc.aio server) on its own event loop in a thread, so tests can
+call it through a real gRPC channel on loopback with the sync client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+
+from vaegan.export.local_triton import free_port
+from vaegan.service.server import Running, start
+from vaegan.service.settings import Settings
+
+
+class GatewayThread:
+    def __init__(self, settings: Settings):
+        # Always free loopback ports: the defaults (50051, 9090) would collide between gateways.
+        self.settings = replace(
+            settings, host="127.0.0.1", port=free_port(), metrics_port=free_port()
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running: Running | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.settings.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> GatewayThread:
+        self.thread.start()
+        self.running = self.call(start(self.settings))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """Sum of a Prometheus sample's values over series whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

@@ -1,0 +1,389 @@
+"""The gateway through a real gRPC channel on loopback, against both backends: the
+embedded ONNX Runtime and the real local Triton serving the same exported repository."""
+
+from __future__ import annotations
+
+import io
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from conftest import encode, pattern
+from gateway_harness import GatewayThread, metric_value
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.local_triton import LocalTriton
+from vaegan.service.settings import Settings
+from vaegan.training.model import from_pixels, to_pixels
+
+from vaegan.client import LatentClient
+from vaegan.preprocess import CropPolicy, preprocess
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+LATENT = 16
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gw_repo")
+    export(
+        tiny_checkpoint,
+        path,
+        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
+        log=lambda *_: None,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def triton(repo):
+    with LocalTriton(repo) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["embedded", "triton"])
+def gateway(request, repo):
+    if request.param == "embedded":
+        settings = Settings(model_repository=str(repo))
+    else:
+        settings = Settings(triton_url=request.getfixturevalue("triton").grpc_url)
+    with GatewayThread(settings) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_checkpoint):
+    return load_model(tiny_checkpoint)[0]
+
+
+@pytest.fixture
+def client(gateway):
+    with LatentClient(gateway.target, timeout=30) as c:
+        yield c
+
+
+def test_generate_on_fixed_z_matches_pytorch_within_one_level(client, torch_model):
+    z = np.random.default_rng(0).standard_normal((5, LATENT)).astype(np.float32)
+    images, used = client.generate(z)
+    with torch.no_grad():
+        ref = to_pixels(torch_model.decode(torch.from_numpy(z))).numpy()
+    assert images.shape == (5, 32, 32, 3)
+    assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
+    assert np.array_equal(used, z)
+
+
+def test_generate_from_the_prior_is_reproducible_per_seed(client):
+    a_img, a_z = client.generate(count=4, seed=7)
+    b_img, b_z = client.generate(count=4, seed=7)
+    c_img, c_z = client.generate(count=4, seed=8, temperature=0.5)
+    assert np.array_equal(a_z, b_z) and np.array_equal(a_img, b_img)
+    assert not np.array_equal(a_z, c_z)
+    big, _ = client.generate(count=64, seed=1)
+    _, z = client.generate(count=64, seed=1)
+    assert 0.85 < z.std() < 1.15  # the unit prior, not 5 * N(0, I)
+
+
+def test_png_and_jpeg_outputs_decode_to_the_raw_pixels(gateway):
+    stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
+    z = pb.EmbeddingList(items=[pb.Embedding(values=[0.1] * LATENT)])
+    raw = stub.Generate(
+        pb.GenerateRequest(embeddings=z, output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW))
+    )
+    png = stub.Generate(pb.GenerateRequest(embeddings=z))  # PNG by default
+    jpg = stub.Generate(
+        pb.GenerateRequest(
+            embeddings=z, output=pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, jpeg_quality=95)
+        )
+    )
+    px = np.frombuffer(raw.images[0].data, np.uint8).reshape(32, 32, 3)
+    assert png.images[0].format == pb.IMAGE_FORMAT_PNG
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.images[0].data))), px)
+    assert (
+        np.abs(np.asarray(Image.open(io.BytesIO(jpg.images[0].data))).astype(int) - px).mean() < 8
+    )
+    assert raw.decoder_version == "1"
+
+
+def test_encode_is_deterministic_and_preprocesses_as_training_did(client, torch_model):
+    data = [encode(pattern(120, 90, 3), "PNG"), encode(pattern(200, 300, 4), "JPEG", quality=95)]
+    a, b = client.encode(data), client.encode(data)
+    assert np.array_equal(a.mu, b.mu) and a.z is None and a.encoder_version == "1"
+    x = np.stack([preprocess(d, CropPolicy("center", 0.75, 32)) for d in data])
+    with torch.no_grad():
+        ref = torch_model.encode(from_pixels(torch.from_numpy(x)))[0].numpy()
+    assert np.abs(a.mu - ref).max() < 1e-4
+    s1, s2 = client.encode(data, sample=True, seed=3), client.encode(data, sample=True, seed=3)
+    assert np.array_equal(s1.z, s2.z) and not np.array_equal(s1.z, s1.mu)
+    r = client.encode(data, reconstruction_error=True)
+    assert r.reconstruction_mse.shape == (2,) and (r.reconstruction_mse > 0).all()
+
+
+def test_interpolate_returns_the_whole_path_with_endpoints_in_order(client):
+    a, b, c = (
+        np.random.default_rng(i).standard_normal(LATENT).astype(np.float32) for i in range(3)
+    )
+    images, path = client.interpolate([a, b, c], steps=3)
+    assert images.shape == (9, 32, 32, 3) and path.shape == (9, LATENT)  # 2 * (3 + 1) + 1
+    assert np.allclose(path[0], a) and np.allclose(path[4], b) and np.allclose(path[8], c)
+    _, linear = client.interpolate([a, b], steps=3, spherical=False)
+    assert np.allclose(linear[2], (a + b) / 2, atol=1e-6)
+    _, sph = client.interpolate([a, b], steps=3)
+    assert not np.allclose(sph[2], linear[2])
+    gen, _ = client.generate(path)
+    assert np.abs(gen.astype(int) - images.astype(int)).max() <= 1  # frames are the path's decodes
+
+
+def test_interpolate_between_images_starts_at_their_encodings(client):
+    data = [encode(pattern(64, 64, 5), "PNG"), encode(pattern(64, 64, 6), "PNG")]
+    mu = client.encode(data).mu
+    _, path = client.interpolate(data, steps=2)
+    assert np.allclose(path[0], mu[0], atol=1e-5) and np.allclose(path[-1], mu[1], atol=1e-5)
+
+
+def test_model_info_names_sizes_versions_and_limits(client):
+    info = client.info()
+    assert (info.latent_dim, info.image_size, info.crop_mode) == (LATENT, 32, "center")
+    assert info.encoder.name == "vaegan_encoder" and info.decoder.version == "1"
+    assert info.decoder.facts["checkpoint_step"] == "6"
+    assert info.limits.max_items == 64 and info.limits.max_message_bytes == 64 * 1024 * 1024
+
+
+def _status(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+BAD_REQUESTS = {
+    "wrong_length": (
+        lambda s: s.Generate(
+            pb.GenerateRequest(embeddings=pb.EmbeddingList(items=[pb.Embedding(values=[0.0] * 15)]))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "embeddings.items[0].values: length 15; this model's latent size is 16",
+    ),
+    "nan": (
+        lambda s: s.Generate(
+            pb.GenerateRequest(
+                embeddings=pb.EmbeddingList(items=[pb.Embedding(values=[float("nan")] * 16)])
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NaN or Inf",
+    ),
+    "empty_generate": (
+        lambda s: s.Generate(pb.GenerateRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source: set either",
+    ),
+    "empty_embeddings": (
+        lambda s: s.Generate(pb.GenerateRequest(embeddings=pb.EmbeddingList())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at least one",
+    ),
+    "too_many_samples": (
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=65))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sample.count: 65",
+    ),
+    "bad_temperature": (
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, temperature=-1))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "temperature",
+    ),
+    "empty_encode": (
+        lambda s: s.Encode(pb.EncodeRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images: at least one",
+    ),
+    "undecodable": (
+        lambda s: s.Encode(pb.EncodeRequest(images=[b"not an image"])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0]: not a PNG or JPEG",
+    ),
+    "gif": (
+        lambda s: s.Encode(pb.EncodeRequest(images=[encode(pattern(16, 16), "GIF")])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "format GIF",
+    ),
+    "oversize_image": (
+        lambda s: s.Encode(pb.EncodeRequest(images=[b"\x89PNG" + bytes(9 * 1024 * 1024)])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at most 8388608",
+    ),
+    "too_many_steps": (
+        lambda s: s.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=[pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 16))] * 2, steps=257
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "steps: 257; at most 256",
+    ),
+    "one_keyframe": (
+        lambda s: s.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=[pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 16))], steps=2
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at least 2",
+    ),
+    "unknown_version": (
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1), model_version="9")),
+        grpc.StatusCode.NOT_FOUND,
+        "9",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_its_status_and_the_next_call_succeeds(gateway, case):
+    call, code, message = BAD_REQUESTS[case]
+    stub = pb_grpc.LatentServiceStub(
+        grpc.insecure_channel(gateway.target, options=[("grpc.max_send_message_length", 64 << 20)])
+    )
+    got_code, details = _status(lambda: call(stub))
+    assert got_code == code and message in details, details
+    assert "Traceback" not in details
+    ok = stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=1)))
+    assert len(ok.images) == 1
+
+
+def test_message_over_the_limit_is_resource_exhausted(repo):
+    with GatewayThread(Settings(model_repository=str(repo), max_message_bytes=1 << 20)) as gw:
+        stub = pb_grpc.LatentServiceStub(
+            grpc.insecure_channel(gw.target, options=[("grpc.max_send_message_length", 8 << 20)])
+        )
+        code, _ = _status(lambda: stub.Encode(pb.EncodeRequest(images=[bytes(1 << 20)])))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=1))).images) == 1
+
+
+def test_concurrent_calls_are_batched_into_fewer_backend_calls_with_the_same_results(repo):
+    zs = np.random.default_rng(5).standard_normal((24, LATENT)).astype(np.float32)
+    with (
+        GatewayThread(Settings(model_repository=str(repo), batching=False)) as gw,
+        LatentClient(gw.target) as c,
+    ):
+        alone = [c.generate(z[None])[0] for z in zs]
+    with (
+        GatewayThread(Settings(model_repository=str(repo), max_wait_ms=50)) as gw,
+        LatentClient(gw.target) as c,
+    ):
+        with ThreadPoolExecutor(24) as pool:
+            batched = list(pool.map(lambda z: c.generate(z[None])[0], zs))
+        text = urllib.request.urlopen(gw.metrics_url).read().decode()
+    calls = metric_value(text, "vaegan_backend_requests_total", model="vaegan_decoder")
+    assert 1 <= calls < 24, calls
+    assert metric_value(text, "vaegan_batch_size_sum", model="vaegan_decoder") == 24
+    for a, b in zip(alone, batched, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_health_is_serving_and_reflection_lists_the_service(gateway):
+    channel = grpc.insecure_channel(gateway.target)
+    h = health_pb2_grpc.HealthStub(channel)
+    assert (
+        h.Check(health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    r = reflection_pb2_grpc.ServerReflectionStub(channel)
+    (resp,) = r.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    assert "vaegan.v1.LatentService" in {s.name for s in resp.list_services_response.service}
+
+
+def test_metrics_count_requests_by_method_and_code(gateway, client):
+    client.generate(count=2, seed=0)
+    with pytest.raises(grpc.RpcError):
+        client.generate(np.zeros((1, 3), np.float32))
+    text = urllib.request.urlopen(gateway.metrics_url).read().decode()
+    assert (
+        metric_value(text, "grpc_server_handled_total", grpc_method="Generate", grpc_code="OK") >= 1
+    )
+    assert (
+        metric_value(
+            text, "grpc_server_handled_total", grpc_method="Generate", grpc_code="INVALID_ARGUMENT"
+        )
+        >= 1
+    )
+    assert metric_value(text, "grpc_server_handling_seconds_count", grpc_method="Generate") >= 2
+    assert metric_value(text, "vaegan_backend_ready") == 1
+
+
+def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo):
+    server = LocalTriton(repo)
+    server.start()
+    try:
+        with (
+            GatewayThread(Settings(triton_url=server.grpc_url, health_poll_s=0.2)) as gw,
+            LatentClient(gw.target, timeout=10) as c,
+        ):
+            c.generate(count=1)
+            h = health_pb2_grpc.HealthStub(grpc.insecure_channel(gw.target))
+            server.stop()
+            code, _ = _status(lambda: c.generate(count=1))
+            assert code == grpc.StatusCode.UNAVAILABLE
+            _wait(
+                lambda: (
+                    h.Check(health_pb2.HealthCheckRequest()).status
+                    == health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            )
+            LocalTriton(
+                repo,
+                grpc_port=server.grpc_port,
+                http_port=server.http_port,
+                metrics_port=server.metrics_port,
+            ).__enter__()
+            server = None  # replaced; stopped below through the new handle
+            _wait(
+                lambda: (
+                    h.Check(health_pb2.HealthCheckRequest()).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
+            )
+            images, _ = c.generate(count=1)
+            assert images.shape == (1, 32, 32, 3)
+    finally:
+        if server is not None:
+            server.stop()
+        _kill_tritons(repo)
+
+
+def _wait(cond, timeout: float = 30.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def _kill_tritons(repo) -> None:
+    """Stop any tritonserver still serving ``repo`` (the restarted one in the test above)."""
+    import os
+    import signal
+    import subprocess
+
+    out = subprocess.run(
+        ["pgrep", "-f", f"tritonserver.*{repo}"], capture_output=True, text=True
+    ).stdout.split()
+    for pid in out:
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass

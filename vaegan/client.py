@@ -1,0 +1,152 @@
+"""A small Python client of the gateway (``vaegan.v1.LatentService``).
+
+    with LatentClient("localhost:50051") as c:
+        images, z = c.generate(seed=1, count=16)          # uint8 [16, 64, 64, 3], float32 [16, L]
+        mu = c.encode([open("a.jpg", "rb").read()]).mu    # float32 [1, L]
+        frames, path = c.interpolate([b_png, z[0]], steps=8)
+
+Images come back as uint8 arrays (the gateway is asked for RAW pixels). Errors raise
+``grpc.RpcError`` with the gateway's status code and message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Encoded:
+    mu: np.ndarray
+    logvar: np.ndarray
+    z: np.ndarray | None
+    reconstruction_mse: np.ndarray | None
+    encoder_version: str
+
+
+def pixels(images) -> np.ndarray:
+    """RAW response images -> uint8 [N, H, W, 3]."""
+    return np.stack(
+        [np.frombuffer(im.data, np.uint8).reshape(im.height, im.width, 3) for im in images]
+    )
+
+
+def vectors(embeddings) -> np.ndarray:
+    return np.asarray([list(e.values) for e in embeddings], np.float32)
+
+
+def _embedding(v) -> pb.Embedding:
+    return pb.Embedding(values=np.asarray(v, np.float32).ravel().tolist())
+
+
+class LatentClient:
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.LatentServiceStub(self.channel)
+        self.timeout = timeout
+
+    RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+
+    def generate(
+        self,
+        embeddings=None,
+        *,
+        count: int = 0,
+        seed: int = 0,
+        temperature: float | None = None,
+        model_version: str = "",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if embeddings is not None:
+            req = pb.GenerateRequest(
+                embeddings=pb.EmbeddingList(items=[_embedding(e) for e in embeddings])
+            )
+        else:
+            req = pb.GenerateRequest(
+                sample=pb.Sample(count=count, seed=seed, temperature=temperature)
+            )
+        req.output.CopyFrom(self.RAW)
+        req.model_version = model_version
+        r = self.stub.Generate(req, timeout=self.timeout)
+        return pixels(r.images), vectors(r.embeddings)
+
+    def encode(
+        self,
+        images: list[bytes],
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        reconstruction_error: bool = False,
+        model_version: str = "",
+    ) -> Encoded:
+        r = self.stub.Encode(
+            pb.EncodeRequest(
+                images=images,
+                sample=sample,
+                seed=seed,
+                reconstruction_error=reconstruction_error,
+                model_version=model_version,
+            ),
+            timeout=self.timeout,
+        )
+        return Encoded(
+            mu=vectors(e.mu for e in r.encodings),
+            logvar=vectors(e.logvar for e in r.encodings),
+            z=vectors(e.z for e in r.encodings) if sample else None,
+            reconstruction_mse=np.asarray([e.reconstruction_mse for e in r.encodings])
+            if reconstruction_error
+            else None,
+            encoder_version=r.encoder_version,
+        )
+
+    def interpolate(
+        self, keyframes: list, steps: int, *, spherical: bool = True, model_version: str = ""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keyframes are image bytes or vectors."""
+        keys = [
+            pb.Keyframe(image=k)
+            if isinstance(k, bytes | bytearray)
+            else pb.Keyframe(embedding=_embedding(k))
+            for k in keyframes
+        ]
+        method = pb.INTERPOLATION_METHOD_SPHERICAL if spherical else pb.INTERPOLATION_METHOD_LINEAR
+        r = self.stub.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=keys,
+                steps=steps,
+                method=method,
+                output=self.RAW,
+                model_version=model_version,
+            ),
+            timeout=self.timeout,
+        )
+        return pixels(r.images), vectors(r.embeddings)
+
+    def info(self) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> LatentClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
