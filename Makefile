@@ -88,14 +88,16 @@ demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, trai
 	@echo "Reconstructions (original | reconstruction): $$(ls $(OUT)/demo_run/samples/*_recon.png | tail -1)"
 	@echo "TensorBoard:    $(BIN)/tensorboard --logdir $(OUT)/demo_run/tb"
 	@echo "Triton model repository: $(OUT)/demo_repository (serve it with: make triton)"
+	$(BIN)/python scripts/serve_demo.py --repository $(OUT)/demo_repository --images $(OUT)/demo_images --out $(OUT)
 
 triton: $(STAMP) $(TRITON_STAMP) ## serve outputs/demo_repository with the local Triton (gRPC 8001, HTTP 8000, metrics 8002)
 	$(BIN)/vaegan triton --repository $(OUT)/demo_repository
 
-bench: $(STAMP) ## benchmarks on the demo model (run make demo first); results in outputs/bench/
+bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo first); results in outputs/bench/
 	@test -f $(OUT)/demo_run/checkpoints/last.pt || { echo "run 'make demo' first"; exit 1; }
 	mkdir -p $(OUT)/bench
 	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
+	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache

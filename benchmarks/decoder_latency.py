@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from tqdm import tqdm
+
 from vaegan.export.export import load_model
 from vaegan.export.onnx_graphs import export_graphs
 from vaegan.training.model import to_pixels

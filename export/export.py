@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vaegan import interface as api
+from vaegan.errors import VaeganError
 from vaegan.export import repository as repo_mod
 from vaegan.export.onnx_graphs import export_graphs
 from vaegan.export.repository import BACKENDS, BatchingOptions, ModelSpec
@@ -23,9 +25,6 @@ from vaegan.export.tensorrt import Profile, build_plan, require_tensorrt
 from vaegan.training import checkpoint as ckpt
 from vaegan.training.config import ModelConfig
 from vaegan.training.model import VAEGAN
-
-from vaegan import interface as api
-from vaegan.errors import VaeganError
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 

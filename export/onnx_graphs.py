@@ -15,9 +15,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from vaegan.training.model import VAEGAN, from_pixels, to_pixels
 
 from vaegan.interface import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
+from vaegan.training.model import VAEGAN, from_pixels, to_pixels
 
 OPSET = 18
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis

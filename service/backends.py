@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vaegan.service.batching import DeadlineExceeded
-from vaegan.service.metrics import Metrics
 
 from vaegan import interface as api
 from vaegan.errors import InvalidInput, NotFound, Unavailable, VaeganError
 from vaegan.preprocess import CropPolicy
+from vaegan.service.batching import DeadlineExceeded
+from vaegan.service.metrics import Metrics
 
 ROLES = ("encoder", "decoder")
 INPUT = {"encoder": api.ENCODER_INPUT, "decoder": api.DECODER_INPUT}
@@ -113,15 +113,26 @@ class OnnxBackend(Backend):
         super().__init__(names, pinned_version, metrics)
         self.repository = Path(repository)
         self._sessions: dict[tuple[str, str], Any] = {}
+        self._configs: dict[str, tuple[int, Any]] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="onnxruntime")
 
     def _config(self, role: str):
+        """The model's parsed config.pbtxt, parsed again only when the file changes (a
+        version-policy edit is picked up without a restart)."""
         from vaegan.export.repository import read_config
 
-        cfg = read_config(self.repository / self.names[role])
-        if cfg is None:
-            raise Unavailable(f"no model {self.names[role]} in {self.repository}")
-        return cfg
+        path = self.repository / self.names[role] / "config.pbtxt"
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            raise Unavailable(f"no model {self.names[role]} in {self.repository}") from None
+        cached = self._configs.get(role)
+        if cached is None or cached[0] != stamp:
+            cfg = read_config(path.parent)
+            if cfg is None:
+                raise Unavailable(f"no model {self.names[role]} in {self.repository}")
+            cached = self._configs[role] = (stamp, cfg)
+        return cached[1]
 
     def _version(self, role: str, version: str) -> str:
         cfg = self._config(role)
@@ -210,6 +221,9 @@ class TritonBackend(Backend):
             ],
         )
         self._meta_cache: dict[tuple[str, str], ModelMeta] = {}
+        self._newest: dict[str, tuple[str, float]] = {}  # role -> (version, expiry)
+
+    NEWEST_TTL_S = 2.0  # a new version is picked up within this long; no extra RPC per call
 
     async def ready(self) -> bool:
         try:
@@ -227,8 +241,13 @@ class TritonBackend(Backend):
         version = version or self.pinned
         try:
             if not version:
-                md = await self.client.get_model_metadata(name, as_json=True, client_timeout=5)
-                version = max(md.get("versions") or ["1"], key=int)
+                cached = self._newest.get(role)
+                if cached and cached[1] > time.monotonic():
+                    version = cached[0]
+                else:
+                    md = await self.client.get_model_metadata(name, as_json=True, client_timeout=5)
+                    version = max(md.get("versions") or ["1"], key=int)
+                    self._newest[role] = (version, time.monotonic() + self.NEWEST_TTL_S)
             key = (role, version)
             if key not in self._meta_cache:
                 if not await self.client.is_model_ready(name, version, client_timeout=5):

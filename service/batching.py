@@ -1,7 +1,9 @@
 """Coalesces concurrent requests for one model into batched backend calls.
 
-Items wait at most ``max_wait`` for company, then go out in batches of up to
-``max_batch`` items; results are split back per request. The queue is bounded in items:
+While the backend has a free slot, items go out at once (no added latency at low load);
+while every slot is busy they accumulate, so batches grow with load. An item waits at
+most ``max_wait`` for company once a slot is free, and batches hold up to ``max_batch``
+items; results are split back per request. The queue is bounded in items:
 past it ``submit`` raises RESOURCE_EXHAUSTED at once instead of growing latency. An item
 whose caller cancelled, or whose deadline passed, while it waited is dropped before
 inference.
@@ -16,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from vaegan.service.metrics import Metrics
 
 from vaegan.errors import ResourceExhausted, VaeganError
+from vaegan.service.metrics import Metrics
 
 RunFn = Callable[[np.ndarray, float | None], Awaitable[tuple[dict[str, np.ndarray], str]]]
 
@@ -78,8 +80,15 @@ class Batcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Wait for company until the oldest item has waited max_wait, or the batch is full.
-            wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            # Take a backend slot first: while all are busy, the queue fills up by itself.
+            await self._slots.acquire()
+            # With nothing else in flight, send at once; otherwise wait for company until the
+            # oldest item has waited max_wait, or the batch is full.
+            wait = (
+                self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+                if self._inflight
+                else 0
+            )
             while wait > 0 and sum(len(i.array) for i in self._queue) < self.max_batch:
                 self._wakeup.clear()
                 try:
@@ -101,11 +110,12 @@ class Batcher:
                 batch.append(item)
                 size += len(item.array)
             self.metrics.queue_depth.labels(self.model).set(self._queued_items)
-            if batch:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._dispatch(batch))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._dispatch(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _dispatch(self, batch: list[_Item]) -> None:
         try:

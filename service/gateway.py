@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from vaegan.errors import InvalidInput
 from vaegan.service.backends import Backend, ModelMeta
 from vaegan.service.batching import Batcher, DeadlineExceeded
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
-
-from vaegan.errors import InvalidInput
 
 
 class Gateway:

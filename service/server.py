@@ -12,14 +12,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+
+from vaegan import __version__
+from vaegan.errors import VaeganError
 from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
 from vaegan.service.gateway import Gateway
 from vaegan.service.metrics import Metrics
 from vaegan.service.servicer import LatentServicer
 from vaegan.service.settings import Settings
-
-from vaegan import __version__
-from vaegan.errors import VaeganError
 from vaegan.v1 import vaegan_pb2, vaegan_pb2_grpc
 
 log = logging.getLogger("vaegan.service")

@@ -8,10 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from vaegan.service import codecs
-from vaegan.service.gateway import Gateway
 
 from vaegan.errors import InvalidInput
+from vaegan.service import codecs
+from vaegan.service.gateway import Gateway
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 

@@ -8,12 +8,29 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
 from vaegan.training.demo_data import FONT_PATHS, render
 
 HAS_FONT = any(__import__("os").path.isfile(p) for p in FONT_PATHS)
 
 
-@pytest.mark.parametrize("argv", [[], ["prepare"], ["train"], ["demo-data"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["prepare"],
+        ["train"],
+        ["demo-data"],
+        ["export"],
+        ["triton"],
+        ["serve"],
+        ["generate"],
+        ["encode"],
+        ["interpolate"],
+        ["info"],
+        ["batch"],
+    ],
+)
 def test_every_command_explains_its_flags(argv):
     out = subprocess.run(
         [sys.executable, "-m", "vaegan.cli", *argv, "--help"],

@@ -13,12 +13,12 @@ import torch
 from conftest import tree_digest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
-from vaegan.export.export import ExportOptions, export, load_model
-from vaegan.export.repository import BatchingOptions, ModelSpec, config_text, model_config
-from vaegan.training.model import from_pixels, to_pixels
 
 from vaegan.cli import main
 from vaegan.errors import VaeganError
+from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.repository import BatchingOptions, ModelSpec, config_text, model_config
+from vaegan.training.model import from_pixels, to_pixels
 
 TRITON_ENV = Path(sys.prefix + "-triton")
 PY_OPTS = ExportOptions(

@@ -16,13 +16,13 @@ from conftest import encode, pattern
 from gateway_harness import GatewayThread, metric_value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from vaegan.export.export import ExportOptions, export, load_model
-from vaegan.export.local_triton import LocalTriton
-from vaegan.service.settings import Settings
-from vaegan.training.model import from_pixels, to_pixels
 
 from vaegan.client import LatentClient
+from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.local_triton import LocalTriton
 from vaegan.preprocess import CropPolicy, preprocess
+from vaegan.service.settings import Settings
+from vaegan.training.model import from_pixels, to_pixels
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
@@ -385,3 +385,30 @@ def _kill_tritons(repo) -> None:
     for pid in out:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pid), signal.SIGTERM)
+
+
+def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tmp_path):
+    import base64
+    import json
+
+    from vaegan.batch_job import run_job
+
+    png = base64.b64encode(encode(pattern(64, 64, 1), "PNG")).decode()
+    lines = [
+        {"embeddings": [0.0] * LATENT, "key": "0"},
+        {"image_bytes": {"b64": png}, "key": "1"},
+        {"embeddings": [0.0] * 3, "key": "2"},
+        {"image_bytes": {"b64": base64.b64encode(b"nope").decode()}, "key": "3"},
+        {"key": "4"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    counts = run_job(gateway.target, src, tmp_path / "out.jsonl", progress=False)
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert counts == {"ok": 2, "errors": 4}
+    assert [o.get("key") for o in out] == ["0", "1", "2", "3", "4", None]
+    img = Image.open(io.BytesIO(base64.b64decode(out[0]["image_png_b64"])))
+    assert img.size == (32, 32)
+    assert len(out[1]["mu"]) == LATENT
+    assert [o["error"]["code"] for o in out[2:]] == ["INVALID_ARGUMENT"] * 4
+    assert "latent size is 16" in out[2]["error"]["message"]

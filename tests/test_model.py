@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from vaegan.errors import VaeganError
 from vaegan.training.config import ModelConfig, TrainConfig
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
 from vaegan.training.train import Nets, Optimizers, train_step
-
-from vaegan.errors import VaeganError
 
 
 @pytest.mark.parametrize("size, width, latent", [(64, 8, 100), (32, 4, 16), (128, 4, 8)])

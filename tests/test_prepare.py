@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from conftest import pattern
-from vaegan.training.data import load_dataset
-from vaegan.training.prepare import find_images, prepare, split_indices
 
 from vaegan.errors import VaeganError
 from vaegan.preprocess import CropPolicy, preprocess
+from vaegan.training.data import load_dataset
+from vaegan.training.prepare import find_images, prepare, split_indices
 
 
 def test_zoo_is_prepared_with_every_bad_file_skipped_and_counted(image_zoo, tmp_path):

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+
+from vaegan.cli import main
+from vaegan.errors import VaeganError
 from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses
 from vaegan.training.config import ModelConfig, TrainConfig, apply_overrides, preset
 from vaegan.training.train import Divergence, train
-
-from vaegan.cli import main
-from vaegan.errors import VaeganError
 
 TINY = TrainConfig(
     model=ModelConfig(image_size=32, width=8, latent_dim=16),

@@ -13,11 +13,11 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from vaegan.errors import VaeganError
 from vaegan.export.export import ExportOptions, export, load_model
 from vaegan.export.local_triton import LocalTriton
 from vaegan.training.model import from_pixels, to_pixels
-
-from vaegan.errors import VaeganError
 
 pytestmark = pytest.mark.integration
 TRITON_ENV = sys.prefix + "-triton"  # make install builds it: the python backend needs numpy<2

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-from vaegan.training.data import FORMAT_VERSION, MANIFEST, RaggedWriter
 
 from vaegan.errors import ImageRejected, VaeganError
 from vaegan.preprocess import (
@@ -32,6 +31,7 @@ from vaegan.preprocess import (
     load_rgb,
     preprocess,
 )
+from vaegan.training.data import FORMAT_VERSION, MANIFEST, RaggedWriter
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 

@@ -23,15 +23,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from vaegan.errors import VaeganError
+from vaegan.grid import make_grid, save_grid
 from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses as L
 from vaegan.training.config import TrainConfig, from_dict, to_dict
 from vaegan.training.data import Dataset, load_dataset
 from vaegan.training.metrics import hist_chi2, mse, psnr
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
-
-from vaegan.errors import VaeganError
-from vaegan.grid import make_grid, save_grid
 
 LN2 = math.log(2.0)
 

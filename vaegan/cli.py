@@ -206,6 +206,21 @@ def _interpolate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(a: argparse.Namespace) -> int:
+    from vaegan.batch_job import run_job
+
+    counts = run_job(
+        a.target,
+        a.input,
+        a.output,
+        concurrency=a.concurrency,
+        timeout=a.timeout,
+        progress=not a.quiet,
+    )
+    print(f"wrote {a.output}: {counts['ok']} results, {counts['errors']} errors")
+    return 0
+
+
 @_rpc
 def _info(a: argparse.Namespace) -> int:
     from google.protobuf import json_format
@@ -479,6 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ip.add_argument("--out", required=True, help="PNG to write (one row per segment)")
     ip.set_defaults(func=_interpolate)
+
+    bj = sub.add_parser(
+        "batch",
+        help="run a JSONL batch job (embeddings -> images, images -> embeddings)",
+        description='Each input line is {"embeddings": [...], "key": K} or '
+        '{"image_bytes": {"b64": ...}, "key": K}; each output line has the key and the result '
+        "or an error. Errors do not stop the job.",
+    )
+    client_args(bj)
+    bj.add_argument("--input", required=True, help="JSONL file of instances")
+    bj.add_argument("--output", required=True, help="JSONL file of results, in input order")
+    bj.add_argument("--concurrency", type=int, default=16, help="lines in flight (default 16)")
+    bj.add_argument("--quiet", action="store_true", help="no progress bar")
+    bj.set_defaults(func=_batch)
 
     inf = sub.add_parser("info", help="the served model's facts, versions and limits, as JSON")
     client_args(inf)

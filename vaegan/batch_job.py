@@ -1,0 +1,109 @@
+"""Batch jobs, as the original tool's batch prediction had them: JSONL in, JSONL out.
+
+Input lines (one per instance):
+    {"embeddings": [0.1, -2.3, ...], "key": "0"}          -> an image
+    {"image_bytes": {"b64": "iVBORw0..."}, "key": "1"}    -> mu and logvar
+Output lines, in input order, carry the same key:
+    {"key": "0", "image_png_b64": "...", "decoder_version": "2"}
+    {"key": "1", "mu": [...], "logvar": [...], "encoder_version": "2"}
+    {"key": "7", "error": {"code": "INVALID_ARGUMENT", "message": "..."}}
+A bad line gets an error line; the job goes on. Lines go out concurrently so the gateway
+can batch them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tqdm import tqdm
+
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+
+def _error(key, code: str, message: str) -> dict[str, Any]:
+    return {"key": key, "error": {"code": code, "message": message}}
+
+
+def run_line(stub: pb_grpc.LatentServiceStub, line: str, timeout: float) -> dict[str, Any]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as e:
+        return _error(None, "INVALID_ARGUMENT", f"not JSON: {e}")
+    if not isinstance(item, dict):
+        return _error(None, "INVALID_ARGUMENT", "each line must be a JSON object")
+    key = item.get("key")
+    try:
+        if "embeddings" in item:
+            values = item["embeddings"]
+            if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
+                return _error(key, "INVALID_ARGUMENT", "embeddings must be a flat list of numbers")
+            r = stub.Generate(
+                pb.GenerateRequest(
+                    embeddings=pb.EmbeddingList(items=[pb.Embedding(values=values)])
+                ),
+                timeout=timeout,
+            )
+            return {
+                "key": key,
+                "image_png_b64": base64.b64encode(r.images[0].data).decode(),
+                "decoder_version": r.decoder_version,
+            }
+        if "image_bytes" in item:
+            b64 = item["image_bytes"].get("b64") if isinstance(item["image_bytes"], dict) else None
+            if not isinstance(b64, str):
+                return _error(
+                    key, "INVALID_ARGUMENT", 'image_bytes must be {"b64": "<base64 PNG or JPEG>"}'
+                )
+            try:
+                data = base64.b64decode(b64, validate=True)
+            except ValueError as e:
+                return _error(key, "INVALID_ARGUMENT", f"image_bytes.b64 is not base64: {e}")
+            r = stub.Encode(pb.EncodeRequest(images=[data]), timeout=timeout)
+            e = r.encodings[0]
+            return {
+                "key": key,
+                "mu": list(e.mu.values),
+                "logvar": list(e.logvar.values),
+                "encoder_version": r.encoder_version,
+            }
+        return _error(key, "INVALID_ARGUMENT", 'a line needs "embeddings" or "image_bytes"')
+    except grpc.RpcError as e:
+        return _error(key, e.code().name, e.details())
+
+
+def run_job(
+    target: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    concurrency: int = 16,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> dict[str, int]:
+    lines = [ln for ln in Path(input_path).read_text().splitlines() if ln.strip()]
+    channel = grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    stub = pb_grpc.LatentServiceStub(channel)
+    counts = {"ok": 0, "errors": 0}
+    try:
+        with ThreadPoolExecutor(concurrency) as pool, open(output_path, "w") as out:
+            results = pool.map(lambda ln: run_line(stub, ln, timeout), lines)
+            for result in tqdm(
+                results, total=len(lines), desc="batch job", unit="line", disable=not progress
+            ):
+                counts["errors" if "error" in result else "ok"] += 1
+                out.write(json.dumps(result) + "\n")
+    finally:
+        channel.close()
+    return counts
