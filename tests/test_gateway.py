@@ -412,3 +412,49 @@ def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tm
     assert len(out[1]["mu"]) == LATENT
     assert [o["error"]["code"] for o in out[2:]] == ["INVALID_ARGUMENT"] * 4
     assert "latent size is 16" in out[2]["error"]["message"]
+
+
+def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(repo):
+    import os
+    import signal
+    import subprocess
+
+    from vaegan.export.local_triton import free_port
+
+    port = free_port()
+    env = dict(
+        os.environ,
+        VAEGAN_MODEL_REPOSITORY=str(repo),
+        VAEGAN_PORT=str(port),
+        VAEGAN_HOST="127.0.0.1",
+        VAEGAN_METRICS_PORT=str(free_port()),
+        VAEGAN_GRACE_S="5",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaegan.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        h = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        _wait(lambda: _serving(h))
+        with LatentClient(f"127.0.0.1:{port}") as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        out = proc.stdout.read()
+        assert f"port={port}" in out and "shutting down" in out  # settings printed at start
+    finally:
+        proc.kill()
+
+
+def _serving(h) -> bool:
+    try:
+        return (
+            h.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+    except grpc.RpcError:
+        return False

@@ -1,0 +1,94 @@
+"""The batcher's queue rules, with a backend the test controls (the real backends are
+exercised in test_gateway.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from vaegan.errors import ResourceExhausted
+from vaegan.service.batching import Batcher, DeadlineExceeded
+from vaegan.service.metrics import Metrics
+
+
+class GatedBackend:
+    """Records every batch it is given and answers only when the test opens the gate."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+        self.gate = asyncio.Event()
+
+    async def __call__(self, batch, timeout):
+        self.batches.append(batch.copy())
+        await self.gate.wait()
+        return {"out": batch * 2}, "1"
+
+
+def _batcher(backend, **kw):
+    args = dict(max_batch=8, max_wait_s=0.001, max_queue=4, max_concurrent=1) | kw
+    return Batcher("m", backend, Metrics("test", "0"), **args)
+
+
+def test_full_queue_is_refused_at_once_and_accepted_items_still_complete():
+    async def scenario():
+        backend = GatedBackend()
+        b = _batcher(backend)
+        first = asyncio.create_task(b.submit(np.ones((1, 2)), None))  # goes out, blocks the slot
+        await asyncio.sleep(0.01)
+        waiting = [
+            asyncio.create_task(b.submit(np.ones((2, 2)), None)) for _ in range(2)
+        ]  # 4 items queued
+        await asyncio.sleep(0.01)
+        t = time.monotonic()
+        with pytest.raises(ResourceExhausted, match="queue is full"):
+            await b.submit(np.ones((1, 2)), None)
+        assert time.monotonic() - t < 0.05  # refused at once, not after a wait
+        backend.gate.set()
+        results = await asyncio.gather(first, *waiting)
+        assert [r[0]["out"].shape for r in results] == [(1, 2), (2, 2), (2, 2)]
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_and_expired_items_are_dropped_before_inference():
+    async def scenario():
+        backend = GatedBackend()
+        b = _batcher(backend, max_queue=100)
+        blocker = asyncio.create_task(b.submit(np.full((1, 1), 1.0), None))
+        await asyncio.sleep(0.01)
+        cancelled = asyncio.create_task(b.submit(np.full((1, 1), 2.0), None))
+        expired = asyncio.create_task(b.submit(np.full((1, 1), 3.0), time.monotonic() + 0.02))
+        kept = asyncio.create_task(b.submit(np.full((1, 1), 4.0), None))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.sleep(0.05)  # the deadline of `expired` passes while it waits
+        backend.gate.set()
+        await blocker
+        assert (await kept)[0]["out"].tolist() == [[8.0]]
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        seen = sorted(float(v) for batch in backend.batches for v in batch.ravel())
+        assert seen == [1.0, 4.0]  # neither the cancelled nor the expired item reached the backend
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_items_arriving_together_share_one_backend_call():
+    async def scenario():
+        backend = GatedBackend()
+        backend.gate.set()
+        b = _batcher(backend, max_queue=100, max_concurrent=1, max_wait_s=0.02)
+        blocker = asyncio.create_task(b.submit(np.zeros((1, 1)), None))
+        results = await asyncio.gather(
+            blocker, *(b.submit(np.full((1, 1), float(i)), None) for i in range(6))
+        )
+        assert [float(r[0]["out"][0, 0]) for r in results[1:]] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        assert len(backend.batches) < 7
+        await b.close()
+
+    asyncio.run(scenario())
