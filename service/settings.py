@@ -59,9 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = "VAEGAN_" + f.name.upper()
         default = f.default
-        typ = {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[
-            str(f.type)
-        ]
+        typ = _parser(f)
         help_text = HELP.get(f.name, f.name.replace("_", " "))
         p.add_argument(
             flag, type=typ, default=None, help=f"{help_text} (env {env}; default {default!r})"
@@ -72,15 +70,18 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
     environ = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        typ = {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[
-            str(f.type)
-        ]
+        typ = _parser(f)
         flag_value = getattr(args, f.name, None)
         if flag_value is not None:
             values[f.name] = flag_value
         elif "VAEGAN_" + f.name.upper() in environ:
             values[f.name] = typ(environ["VAEGAN_" + f.name.upper()])
     return Settings(**values)
+
+
+def _parser(f):
+    """The function that turns a flag's or an environment variable's text into the field's type."""
+    return {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[str(f.type)]
 
 
 def _bool(raw: str) -> bool:
