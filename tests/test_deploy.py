@@ -1,0 +1,228 @@
+"""The Helm chart, rendered by the real Helm engine (helm-python-sdk: Helm's Go SDK), checked
+against the Kubernetes API schemas, and the dashboard checked against real metrics."""
+
+from __future__ import annotations
+
+import re
+import sys
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy" / "k8s" / "vaegan"
+K8S_VERSION = "1.30"
+VALUE_FILES = {
+    "default": {},
+    "gpu-objectstore": yaml.safe_load((CHART / "ci" / "gpu-objectstore-values.yaml").read_text()),
+    "single-replica": yaml.safe_load((CHART / "ci" / "single-replica-values.yaml").read_text()),
+}
+
+
+def render(values: dict) -> list[dict]:
+    out = helm.Chart.load(str(CHART)).render(values, name="vaegan", namespace="ml", is_install=True)
+    docs = [
+        d
+        for name, text in sorted(out.items())
+        if name.endswith(".yaml")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    return docs
+
+
+def find(docs, kind, suffix=""):
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+
+
+@pytest.mark.parametrize("case", list(VALUE_FILES))
+def test_chart_renders_objects_that_validate_against_the_kubernetes_schemas(case):
+    docs = render(VALUE_FILES[case])
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Secret",
+    } <= kinds
+    for d in docs:
+        if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert d["kind"] == "ServiceMonitor" and d["spec"]["endpoints"][0]["port"] == "metrics"
+            continue  # a CRD: not in the core API schemas
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", list(VALUE_FILES))
+def test_helm_lint_is_clean(case):
+    result = helm.lint(str(CHART), VALUE_FILES[case], strict=True, namespace="ml")
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] >= 2] == []  # no warnings; INFO only
+
+
+def test_values_schema_rejects_a_misspelt_key_and_a_wrong_type():
+    with pytest.raises(Exception, match="gatway|additional"):
+        render({"gatway": {"replicas": 2}})
+    with pytest.raises(Exception, match="replicas"):
+        render({"gateway": {"replicas": "two"}})
+    with pytest.raises(Exception, match="source"):
+        render({"modelRepository": {"source": "nfs"}})
+
+
+def test_triton_is_locked_down_and_gets_a_gpu():
+    docs = render(VALUE_FILES["gpu-objectstore"])
+    (triton,) = find(docs, "Deployment", "-triton")
+    c = triton["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(c["args"])
+    for flag in (
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--model-control-mode=explicit",
+        "--load-model=vaegan_encoder",
+        "--model-repository=s3://models-bucket/vaegan",
+    ):
+        assert flag in args
+    assert re.search(
+        r"--grpc-restricted-protocol=model-repository,shared-memory:\S+=\$\(TRITON_ADMIN_KEY\)",
+        args,
+    )
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["envFrom"] == [{"secretRef": {"name": "vaegan-s3-credentials"}}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
+    assert triton["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert not find(docs, "PersistentVolumeClaim")  # the object store replaces the PVC
+    (policy,) = find(docs, "NetworkPolicy")
+    inference = policy["spec"]["ingress"][0]
+    assert (
+        inference["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        == "gateway"
+    )
+    assert {p["port"] for p in inference["ports"]} == {"grpc", "http"}
+
+
+def test_gateway_probes_rollout_and_security_defaults():
+    docs = render({})
+    (gw,) = find(docs, "Deployment", "-gateway")
+    spec = gw["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "vaegan.v1.LatentService"}
+    assert c["livenessProbe"]["grpc"]["port"] == 50051
+    assert gw["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["terminationGracePeriodSeconds"] > 20 + 5  # above drain + preStop
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["VAEGAN_GRACE_S"] == "20" and env["VAEGAN_MAX_CONNECTION_AGE_S"] == "300"
+    sc = c["securityContext"]
+    assert (
+        sc["readOnlyRootFilesystem"]
+        and not sc["allowPrivilegeEscalation"]
+        and sc["capabilities"]["drop"] == ["ALL"]
+    )
+    assert (
+        spec["securityContext"]["runAsNonRoot"]
+        and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    (hpa,) = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert find(docs, "Service", "-gateway-headless")[0]["spec"]["clusterIP"] == "None"
+
+
+def test_disruption_budgets_never_block_a_drain_even_with_one_replica():
+    docs = render(VALUE_FILES["single-replica"])
+    for pdb in find(docs, "PodDisruptionBudget"):
+        assert "minAvailable" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] >= 1
+    assert not find(docs, "HorizontalPodAutoscaler")
+    (triton,) = find(docs, "Deployment", "-triton")
+    assert (
+        "nvidia.com/gpu"
+        not in triton["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
+
+
+def test_dockerfiles_pin_bases_run_unprivileged_and_start_the_gateway():
+    gw = (ROOT / "deploy" / "docker" / "gateway.Dockerfile").read_text()
+    tr = (ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
+    for text in (gw, tr):
+        bases = re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.M)
+        assert bases and all(":" in b and not b.endswith(":latest") for b in bases)
+    assert re.search(r"^USER 10001:10001$", gw, re.M)
+    assert 'ENTRYPOINT ["vaegan", "serve"]' in gw
+    assert "'.[serving]'" in gw and "torch" not in gw.replace("no torch", "")
+    assert "24.10-py3" in tr and "numpy<2" in tr
+
+
+# Triton's GPU metrics exist only on GPU machines; the names are those of Triton's metrics
+# documentation (docs/user_guide/metrics.md, "GPU Metrics").
+TRITON_GPU_METRICS = {
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+    "nv_gpu_power_limit",
+    "nv_energy_consumption",
+}
+
+
+def dashboard_metric_names() -> set[str]:
+    import json
+
+    dash = json.loads((CHART / "dashboards" / "vaegan.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert exprs
+    return {m for e in exprs for m in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", e)}
+
+
+def _families(metrics_text: str) -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = set()
+    for fam in text_string_to_metric_families(metrics_text):
+        names.add(fam.name)
+        names.update(s.name for s in fam.samples)
+    return names
+
+
+@pytest.mark.integration
+def test_every_dashboard_metric_is_exported_by_the_gateway_or_triton(tiny_checkpoint, tmp_path):
+    from gateway_harness import GatewayThread
+
+    from vaegan.client import LatentClient
+    from vaegan.export.export import ExportOptions, export
+    from vaegan.export.local_triton import LocalTriton
+    from vaegan.service.settings import Settings
+
+    export(
+        tiny_checkpoint,
+        tmp_path / "repo",
+        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
+        log=lambda *_: None,
+    )
+    with (
+        LocalTriton(tmp_path / "repo") as triton,
+        GatewayThread(Settings(triton_url=triton.grpc_url)) as gw,
+    ):
+        with LatentClient(gw.target) as c:
+            c.generate(np.zeros((2, 16), np.float32))
+            c.encode([_png()])
+        exported = _families(urllib.request.urlopen(gw.metrics_url).read().decode())
+        exported |= _families(urllib.request.urlopen(triton.metrics_url).read().decode())
+    wanted = dashboard_metric_names()
+    assert any(m.startswith("nv_inference") for m in wanted) and any(
+        m.startswith("vaegan_") for m in wanted
+    )
+    missing = wanted - exported - TRITON_GPU_METRICS
+    assert not missing, f"dashboard panels on metrics nobody exports: {sorted(missing)}"
+
+
+def _png() -> bytes:
+    from conftest import encode, pattern
+
+    return encode(pattern(40, 40), "PNG")
