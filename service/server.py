@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import time
@@ -77,6 +78,39 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens from the ``authorization`` metadata, checked before the request is even
+    parsed: a caller without a valid token costs no decoding. Health (for probes) and
+    reflection stay open. Token comparison is constant-time."""
+
+    def __init__(self, tokens: frozenset[str], metrics: Metrics):
+        self.tokens = tuple(t.encode() for t in tokens)
+        self.metrics = metrics
+
+    def _valid(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                given = value[len("Bearer ") :].encode()
+                return any(hmac.compare_digest(given, t) for t in self.tokens)
+        return False
+
+    async def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE}/") or self._valid(
+            details.invocation_metadata
+        ):
+            return await continuation(details)
+        method = details.method.rsplit("/", 1)[-1]
+        self.metrics.handled.labels(SERVICE, method, "UNAUTHENTICATED").inc()
+
+        async def deny(request, context):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid bearer token (metadata 'authorization: Bearer <token>')",
+            )
+
+        return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=lambda _: None)
+
+
 def make_backend(s: Settings, metrics: Metrics) -> Backend:
     names = {"encoder": s.encoder_model, "decoder": s.decoder_model}
     if s.triton_url:
@@ -86,6 +120,30 @@ def make_backend(s: Settings, metrics: Metrics) -> Backend:
     raise VaeganError(
         "give --model-repository REPO (embedded ONNX Runtime) or --triton-url HOST:PORT"
     )
+
+
+def _listen(server: grpc.aio.Server, s: Settings) -> int:
+    address = f"{s.host}:{s.port}"
+    if not (s.tls_cert or s.tls_key):
+        if s.tls_client_ca:
+            raise VaeganError("--tls-client-ca needs --tls-cert and --tls-key")
+        return server.add_insecure_port(address)
+    if not (s.tls_cert and s.tls_key):
+        raise VaeganError("TLS needs both --tls-cert and --tls-key")
+
+    def read(path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise VaeganError(f"cannot read {path}: {e.strerror}") from None
+
+    creds = grpc.ssl_server_credentials(
+        [(read(s.tls_key), read(s.tls_cert))],
+        root_certificates=read(s.tls_client_ca) if s.tls_client_ca else None,
+        require_client_auth=bool(s.tls_client_ca),
+    )
+    return server.add_secure_port(address, creds)
 
 
 @dataclass
@@ -130,15 +188,21 @@ async def start(s: Settings) -> Running:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    tokens = s.tokens()
+    if tokens:
+        interceptors.append(AuthInterceptor(tokens, metrics))
+    interceptors.append(ErrorInterceptor(metrics))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(gateway)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(f"{s.host}:{s.port}")
+    if s.reflection:
+        reflection.enable_server_reflection(
+            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+    port = _listen(server, s)
     if port == 0:
         raise VaeganError(f"cannot listen on {s.host}:{s.port}")
     metrics_http = (

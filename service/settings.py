@@ -41,9 +41,36 @@ class Settings:
     drain_delay_s: float = 0.0  # SIGTERM: NOT_SERVING this long before stopping (endpoints update)
     max_connection_age_s: float = 300.0  # clients reconnect, so new replicas get traffic
     health_poll_s: float = 1.0  # how often backend readiness is checked
+    reflection: bool = True  # gRPC server reflection (grpcurl list/describe)
+    tls_cert: str | None = None  # server certificate (PEM): TLS on the gRPC port
+    tls_key: str | None = None  # its private key (PEM)
+    tls_client_ca: str | None = (
+        None  # CA bundle (PEM): clients must present a certificate it signed (mTLS)
+    )
+    auth_tokens_file: str | None = (
+        None  # bearer tokens, one per line; calls without one get UNAUTHENTICATED
+    )
+    auth_tokens: str | None = (
+        None  # or comma-separated tokens (for VAEGAN_AUTH_TOKENS); never logged
+    )
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in asdict(self).items())
+        """One line for the start-up log; secrets are shown only as set/unset."""
+        shown = {
+            k: ("<set>" if v else "<unset>") if k == "auth_tokens" else v
+            for k, v in asdict(self).items()
+        }
+        return " ".join(f"{k}={v}" for k, v in shown.items())
+
+    def tokens(self) -> frozenset[str]:
+        found: set[str] = set()
+        if self.auth_tokens:
+            found |= {t.strip() for t in self.auth_tokens.split(",")}
+        if self.auth_tokens_file:
+            with open(self.auth_tokens_file) as f:
+                found |= {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        found.discard("")
+        return frozenset(found)
 
 
 HELP = {
@@ -51,6 +78,8 @@ HELP = {
     "triton_url": "serve through Triton at HOST:PORT (gRPC) instead",
     "model_version": "pin a model version (default: the newest ready)",
     "batching": "coalesce concurrent requests (true/false)",
+    "auth_tokens": "comma-separated bearer tokens (prefer VAEGAN_AUTH_TOKENS or --auth-tokens-file: flags show in ps)",
+    "tls_client_ca": "require client certificates signed by this CA (mutual TLS)",
 }
 
 

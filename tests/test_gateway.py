@@ -403,7 +403,8 @@ def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tm
     ]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
-    counts = run_job(gateway.target, src, tmp_path / "out.jsonl", progress=False)
+    with LatentClient(gateway.target) as client:
+        counts = run_job(client, src, tmp_path / "out.jsonl", progress=False)
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert counts == {"ok": 2, "errors": 4}
     assert [o.get("key") for o in out] == ["0", "1", "2", "3", "4", None]

@@ -22,15 +22,16 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from vaegan.client import LatentClient
 from vaegan.v1 import vaegan_pb2 as pb
-from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 
 def _error(key, code: str, message: str) -> dict[str, Any]:
     return {"key": key, "error": {"code": code, "message": message}}
 
 
-def run_line(stub: pb_grpc.LatentServiceStub, line: str, timeout: float) -> dict[str, Any]:
+def run_line(client: LatentClient, line: str) -> dict[str, Any]:
+    stub, timeout, metadata = client.stub, client.timeout, client.metadata
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
@@ -48,6 +49,7 @@ def run_line(stub: pb_grpc.LatentServiceStub, line: str, timeout: float) -> dict
                     embeddings=pb.EmbeddingList(items=[pb.Embedding(values=values)])
                 ),
                 timeout=timeout,
+                metadata=metadata,
             )
             return {
                 "key": key,
@@ -64,7 +66,7 @@ def run_line(stub: pb_grpc.LatentServiceStub, line: str, timeout: float) -> dict
                 data = base64.b64decode(b64, validate=True)
             except ValueError as e:
                 return _error(key, "INVALID_ARGUMENT", f"image_bytes.b64 is not base64: {e}")
-            r = stub.Encode(pb.EncodeRequest(images=[data]), timeout=timeout)
+            r = stub.Encode(pb.EncodeRequest(images=[data]), timeout=timeout, metadata=metadata)
             e = r.encodings[0]
             return {
                 "key": key,
@@ -78,32 +80,20 @@ def run_line(stub: pb_grpc.LatentServiceStub, line: str, timeout: float) -> dict
 
 
 def run_job(
-    target: str,
+    client: LatentClient,
     input_path: str | Path,
     output_path: str | Path,
     *,
     concurrency: int = 16,
-    timeout: float = 60.0,
     progress: bool = True,
 ) -> dict[str, int]:
     lines = [ln for ln in Path(input_path).read_text().splitlines() if ln.strip()]
-    channel = grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20),
-        ],
-    )
-    stub = pb_grpc.LatentServiceStub(channel)
     counts = {"ok": 0, "errors": 0}
-    try:
-        with ThreadPoolExecutor(concurrency) as pool, open(output_path, "w") as out:
-            results = pool.map(lambda ln: run_line(stub, ln, timeout), lines)
-            for result in tqdm(
-                results, total=len(lines), desc="batch job", unit="line", disable=not progress
-            ):
-                counts["errors" if "error" in result else "ok"] += 1
-                out.write(json.dumps(result) + "\n")
-    finally:
-        channel.close()
+    with ThreadPoolExecutor(concurrency) as pool, open(output_path, "w") as out:
+        results = pool.map(lambda ln: run_line(client, ln), lines)
+        for result in tqdm(
+            results, total=len(lines), desc="batch job", unit="line", disable=not progress
+        ):
+            counts["errors" if "error" in result else "ok"] += 1
+            out.write(json.dumps(result) + "\n")
     return counts

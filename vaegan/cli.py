@@ -139,9 +139,22 @@ def _serve(a: argparse.Namespace) -> int:
 
 
 def _client(a: argparse.Namespace):
+    import os
+
     from vaegan.client import LatentClient
 
-    return LatentClient(a.target, timeout=a.timeout)
+    def read(path):
+        return Path(path).read_bytes() if path else None
+
+    return LatentClient(
+        a.target,
+        timeout=a.timeout,
+        token=a.token or os.environ.get("VAEGAN_TOKEN") or None,
+        tls=a.tls,
+        tls_ca=read(a.tls_ca),
+        client_cert=read(a.tls_cert),
+        client_key=read(a.tls_key),
+    )
 
 
 def _rpc(fn):

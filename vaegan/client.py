@@ -52,16 +52,30 @@ class LatentClient:
         target: str,
         timeout: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
     ):
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        """``tls_ca`` (or ``tls=True`` for the system roots) switches to TLS; ``client_cert``
+        and ``client_key`` add a client certificate (mutual TLS); ``token`` is sent as a
+        bearer token in the ``authorization`` metadata of every call."""
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or tls_ca or client_cert:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca, private_key=client_key, certificate_chain=client_cert
+            )
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.LatentServiceStub(self.channel)
         self.timeout = timeout
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
     RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
 
@@ -84,7 +98,7 @@ class LatentClient:
             )
         req.output.CopyFrom(self.RAW)
         req.model_version = model_version
-        r = self.stub.Generate(req, timeout=self.timeout)
+        r = self.stub.Generate(req, timeout=self.timeout, metadata=self.metadata)
         return pixels(r.images), vectors(r.embeddings)
 
     def encode(
@@ -105,6 +119,7 @@ class LatentClient:
                 model_version=model_version,
             ),
             timeout=self.timeout,
+            metadata=self.metadata,
         )
         return Encoded(
             mu=vectors(e.mu for e in r.encodings),
@@ -136,11 +151,14 @@ class LatentClient:
                 model_version=model_version,
             ),
             timeout=self.timeout,
+            metadata=self.metadata,
         )
         return pixels(r.images), vectors(r.embeddings)
 
     def info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata
+        )
 
     def close(self) -> None:
         self.channel.close()

@@ -1,0 +1,187 @@
+"""Access to the gateway: TLS, mutual TLS and bearer tokens, with a throwaway CA the tests
+make at run time. Real gRPC over loopback, embedded backend."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+import grpc
+import pytest
+from gateway_harness import GatewayThread
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vaegan.client import LatentClient
+from vaegan.export.export import ExportOptions, export
+from vaegan.service.settings import Settings
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token-for-tests"
+
+
+def _cert(name, issuer_name=None, issuer_key=None, ca=False):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return cert, key
+
+
+def _pem(cert, key):
+    from cryptography.hazmat.primitives import serialization
+
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca, ca_key = _cert("vaegan test CA", ca=True)
+    server, server_key = _cert("localhost", ca.subject, ca_key)
+    client, client_key = _cert("a-client", ca.subject, ca_key)
+    rogue_ca, rogue_key = _cert("someone else's CA", ca=True)
+    rogue, rogue_client_key = _cert("rogue", rogue_ca.subject, rogue_key)
+    files = {}
+    for name, (c, k) in {
+        "ca": (ca, ca_key),
+        "server": (server, server_key),
+        "client": (client, client_key),
+        "rogue": (rogue, rogue_client_key),
+    }.items():
+        cert_pem, key_pem = _pem(c, k)
+        (d / f"{name}.pem").write_bytes(cert_pem)
+        (d / f"{name}.key").write_bytes(key_pem)
+        files[name] = (cert_pem, key_pem)
+    files["dir"] = d
+    return files
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("access_repo")
+    export(
+        tiny_checkpoint,
+        path,
+        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
+        log=lambda *_: None,
+    )
+    return path
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code()
+
+
+def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(repo, pki):
+    d = pki["dir"]
+    settings = Settings(
+        model_repository=str(repo), tls_cert=str(d / "server.pem"), tls_key=str(d / "server.key")
+    )
+    with GatewayThread(settings) as gw:
+        target = f"localhost:{gw.settings.port}"
+        with LatentClient(target, tls_ca=pki["ca"][0], timeout=10) as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+        with LatentClient(target, timeout=3) as plain:
+            assert _code(lambda: plain.generate(count=1)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(repo, pki):
+    d = pki["dir"]
+    settings = Settings(
+        model_repository=str(repo),
+        tls_cert=str(d / "server.pem"),
+        tls_key=str(d / "server.key"),
+        tls_client_ca=str(d / "ca.pem"),
+    )
+    with GatewayThread(settings) as gw:
+        target = f"localhost:{gw.settings.port}"
+        with LatentClient(
+            target,
+            tls_ca=pki["ca"][0],
+            client_cert=pki["client"][0],
+            client_key=pki["client"][1],
+            timeout=10,
+        ) as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+        with LatentClient(target, tls_ca=pki["ca"][0], timeout=3) as anonymous:
+            assert _code(lambda: anonymous.generate(count=1)) == grpc.StatusCode.UNAVAILABLE
+        with LatentClient(
+            target,
+            tls_ca=pki["ca"][0],
+            client_cert=pki["rogue"][0],
+            client_key=pki["rogue"][1],
+            timeout=3,
+        ) as rogue:
+            assert _code(lambda: rogue.generate(count=1)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bearer_token_is_required_before_any_decoding_and_health_stays_open(repo, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# one per line\n{TOKEN}\nanother-token\n")
+    with GatewayThread(Settings(model_repository=str(repo), auth_tokens_file=str(tokens))) as gw:
+        stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gw.target))
+        huge_bad_image = pb.EncodeRequest(images=[b"\x89PNG" + bytes(4 << 20)])
+        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
+            code = _code(lambda m=metadata: stub.Encode(huge_bad_image, metadata=m, timeout=5))
+            assert code == grpc.StatusCode.UNAUTHENTICATED  # not INVALID_ARGUMENT: never decoded
+        with LatentClient(gw.target, token=TOKEN) as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+        with LatentClient(gw.target, token="another-token") as c:
+            assert c.info().latent_dim == 16
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(gw.target))
+        assert (
+            health.Check(health_pb2.HealthCheckRequest()).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        assert TOKEN not in gw.settings.describe()
+
+
+def test_tokens_from_the_environment_are_never_shown_in_the_start_up_line():
+    s = Settings(model_repository="x", auth_tokens="abc,def")
+    assert s.tokens() == frozenset({"abc", "def"})
+    assert "abc" not in s.describe() and "auth_tokens=<set>" in s.describe()
+
+
+def test_reflection_can_be_turned_off(repo):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with GatewayThread(Settings(model_repository=str(repo), reflection=False)) as gw:
+        r = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(gw.target))
+        code = _code(
+            lambda: list(
+                r.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                )
+            )
+        )
+        assert code == grpc.StatusCode.UNIMPLEMENTED
