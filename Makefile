@@ -98,6 +98,7 @@ bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo f
 	mkdir -p $(OUT)/bench
 	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
 	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json
+	$(BIN)/python -m benchmarks.train_throughput --out $(OUT)/bench/train_throughput.json
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache
