@@ -25,7 +25,9 @@ def wait_serving(target: str, timeout: float = 60) -> None:
     while time.monotonic() < end:
         try:
             if (
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                stub.Check(
+                    health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService"), timeout=2
+                ).status
                 == health_pb2.HealthCheckResponse.SERVING
             ):
                 return

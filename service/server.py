@@ -27,12 +27,34 @@ log = logging.getLogger("vaegan.service")
 SERVICE = vaegan_pb2.DESCRIPTOR.services_by_name["LatentService"].full_name
 
 
+class Lifecycle:
+    """In-flight RPCs and the draining switch. Once draining, new calls are refused with a
+    retryable UNAVAILABLE by the gateway itself; gRPC's own server shutdown would cancel
+    calls that arrive while it runs."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps the project's errors to their gRPC codes, hides everything else behind a
-    generic INTERNAL (logged with its traceback), and records the RPC metrics."""
+    generic INTERNAL (logged with its traceback), records the RPC metrics, and refuses
+    new calls while draining."""
 
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
+    def __init__(self, metrics: Metrics, lifecycle: Lifecycle):
+        self.metrics, self.lifecycle = metrics, lifecycle
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -43,12 +65,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         ):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        inner, m = handler.unary_unary, self.metrics
+        inner, m, life = handler.unary_unary, self.metrics, self.lifecycle
 
         async def wrapper(request, context):
             code = "OK"
             start = time.perf_counter()
+            if life.draining:
+                m.handled.labels(SERVICE, method, "UNAVAILABLE").inc()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the gateway is shutting down; retry (another replica)",
+                )
             m.inflight.inc()
+            life.enter()
             try:
                 return await inner(request, context)
             except VaeganError as e:
@@ -67,6 +96,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
                 )
             finally:
+                life.leave()
                 m.inflight.dec()
                 m.handled.labels(SERVICE, method, code).inc()
                 m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
@@ -156,13 +186,27 @@ class Running:
     metrics: Metrics
     watcher: asyncio.Task
     metrics_http: object | None
+    lifecycle: Lifecycle
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
-        """NOT_SERVING first, let endpoints update, finish in-flight calls, close the backend."""
+        """NOT_SERVING first, let endpoints update, refuse new calls with UNAVAILABLE, let
+        in-flight calls finish within ``grace``, then stop the server and the backend."""
         await self.health.enter_graceful_shutdown()
         if drain_delay:
             await asyncio.sleep(drain_delay)
-        await self.server.stop(grace)
+        self.lifecycle.draining = True
+        try:
+            await asyncio.wait_for(self.lifecycle.idle.wait(), grace)
+        except TimeoutError:
+            log.warning(
+                "%d calls still running after the %.0fs grace period",
+                self.lifecycle.inflight,
+                grace or 0,
+            )
+        # Keep refusing with UNAVAILABLE a moment longer: calls still on the wire get a
+        # retryable answer from us instead of a CANCELLED from gRPC's transport shutdown.
+        await asyncio.sleep(min(0.3, grace or 0))
+        await self.server.stop(0.5)
         self.watcher.cancel()
         await self.gateway.close()
         self.servicer.close()
@@ -192,7 +236,8 @@ async def start(s: Settings) -> Running:
     tokens = s.tokens()
     if tokens:
         interceptors.append(AuthInterceptor(tokens, metrics))
-    interceptors.append(ErrorInterceptor(metrics))
+    lifecycle = Lifecycle()
+    interceptors.append(ErrorInterceptor(metrics, lifecycle))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(gateway)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)
@@ -209,18 +254,23 @@ async def start(s: Settings) -> Running:
         start_http_server(s.metrics_port, registry=metrics.registry)[0] if s.metrics_port else None
     )
     await server.start()
-    watcher = asyncio.create_task(_watch_health(backend, health_servicer, metrics, s.health_poll_s))
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await _set_health(backend, health_servicer, metrics)
-    return Running(server, port, health_servicer, gateway, servicer, metrics, watcher, metrics_http)
+    watcher = asyncio.create_task(_watch_health(backend, health_servicer, metrics, s.health_poll_s))
+    return Running(
+        server, port, health_servicer, gateway, servicer, metrics, watcher, metrics_http, lifecycle
+    )
 
 
 async def _set_health(backend: Backend, h, metrics: Metrics) -> bool:
+    """Readiness lives on the service name: SERVING only while the backend's models answer.
+    The overall status ("") is liveness: SERVING while this process serves at all, so a
+    Triton outage makes pods unready, never restarts them."""
     ok = await backend.ready()
     status = (
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ("", SERVICE):
-        await h.set(name, status)
+    await h.set(SERVICE, status)
     metrics.backend_ready.set(1 if ok else 0)
     return ok
 

@@ -28,6 +28,9 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 LATENT = 16
+READY = health_pb2.HealthCheckRequest(
+    service="vaegan.v1.LatentService"
+)  # readiness; "" is liveness
 
 
 @pytest.fixture(scope="module")
@@ -334,11 +337,11 @@ def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo
             server.stop()
             code, _ = _status(lambda: c.generate(count=1))
             assert code == grpc.StatusCode.UNAVAILABLE
-            _wait(
-                lambda: (
-                    h.Check(health_pb2.HealthCheckRequest()).status
-                    == health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+            _wait(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Liveness (the overall status) stays SERVING: an outage must not restart gateways.
+            assert (
+                h.Check(health_pb2.HealthCheckRequest()).status
+                == health_pb2.HealthCheckResponse.SERVING
             )
             LocalTriton(
                 repo,
@@ -347,12 +350,7 @@ def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo
                 metrics_port=server.metrics_port,
             ).__enter__()
             server = None  # replaced; stopped below through the new handle
-            _wait(
-                lambda: (
-                    h.Check(health_pb2.HealthCheckRequest()).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                )
-            )
+            _wait(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.SERVING)
             images, _ = c.generate(count=1)
             assert images.shape == (1, 32, 32, 3)
     finally:
@@ -453,9 +451,6 @@ def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(re
 
 def _serving(h) -> bool:
     try:
-        return (
-            h.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            == health_pb2.HealthCheckResponse.SERVING
-        )
+        return h.Check(READY, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
