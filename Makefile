@@ -12,7 +12,7 @@ OUT ?= outputs
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 PYTEST_ARGS ?=
 
-.PHONY: help install triton-env proto proto-check test lint format demo demo-data demo-font triton bench clean
+.PHONY: help install triton-env proto proto-check test lint fuzz format demo demo-data demo-font triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -99,6 +99,13 @@ bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo f
 	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
 	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json
 	$(BIN)/python -m benchmarks.train_throughput --out $(OUT)/bench/train_throughput.json
+
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP) ## long fuzzing runs (FUZZ_SECONDS each) of image decoding and request handling
+	mkdir -p $(OUT)/fuzz/image $(OUT)/fuzz/requests
+	$(BIN)/python -m fuzz.seeds $(OUT)/fuzz/seeds
+	$(BIN)/python -m fuzz.fuzz_image $(OUT)/fuzz/image $(OUT)/fuzz/seeds/image -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -artifact_prefix=$(OUT)/fuzz/
+	$(BIN)/python -m fuzz.fuzz_requests $(OUT)/fuzz/requests $(OUT)/fuzz/seeds/requests -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -artifact_prefix=$(OUT)/fuzz/
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""Fuzz the image path every Encode request takes: byte cap, format allow-list, pixel cap,
+decode, crop, resize. Anything but ``ImageRejected`` is a crash.
+
+    python -m fuzz.fuzz_image [CORPUS_DIR] -atheris_runs=N   (libFuzzer flags work)
+"""
+
+import resource
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from vaegan.errors import InvalidInput
+    from vaegan.preprocess import CropPolicy
+    from vaegan.service.codecs import decode_image
+
+POLICY = CropPolicy("center", 0.75, 64)
+
+
+def test_one(data: bytes) -> None:
+    try:
+        out = decode_image(data, POLICY, "images[0]", max_bytes=1 << 20, max_pixels=4_000_000)
+    except InvalidInput:
+        return
+    assert out.shape == (64, 64, 3) and out.dtype.name == "uint8", (out.shape, out.dtype)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one)
+    try:
+        atheris.Fuzz()
+    finally:
+        print(
+            f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
