@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vaegan import interface as api
-from vaegan.errors import InvalidInput, NotFound, Unavailable, VaeganError
+from vaegan.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable, VaeganError
 from vaegan.preprocess import CropPolicy
 from vaegan.service.batching import DeadlineExceeded
 from vaegan.service.metrics import Metrics
@@ -279,7 +279,11 @@ class TritonBackend(Backend):
             return InvalidInput(f"{name}: {msg}")
         if "NOT_FOUND" in status or "unknown model" in msg.lower():
             return NotFound(f"{name}: {msg}")
-        # Triton's "Exceeds maximum queue size" comes as UNAVAILABLE and stays UNAVAILABLE.
+        if "Exceeds maximum queue size" in msg:
+            # Triton sends its full-queue rejection as UNAVAILABLE. It is overload, not an
+            # outage: callers should back off rather than fail over, as with our own full
+            # queue, so it becomes RESOURCE_EXHAUSTED.
+            return ResourceExhausted(f"{name}: Triton's request queue is full; retry with backoff")
         return Unavailable(f"{name}: Triton unavailable ({status or 'no status'}: {msg[:200]})")
 
     async def _infer(self, role, version, array, timeout):

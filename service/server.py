@@ -53,8 +53,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     generic INTERNAL (logged with its traceback), records the RPC metrics, and refuses
     new calls while draining."""
 
-    def __init__(self, metrics: Metrics, lifecycle: Lifecycle):
-        self.metrics, self.lifecycle = metrics, lifecycle
+    def __init__(self, metrics: Metrics, lifecycle: Lifecycle, max_inflight: int):
+        self.metrics, self.lifecycle, self.max_inflight = metrics, lifecycle, max_inflight
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -65,7 +65,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         ):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        inner, m, life = handler.unary_unary, self.metrics, self.lifecycle
+        inner, m, life, cap = handler.unary_unary, self.metrics, self.lifecycle, self.max_inflight
 
         async def wrapper(request, context):
             code = "OK"
@@ -75,6 +75,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "the gateway is shutting down; retry (another replica)",
+                )
+            if life.inflight >= cap:  # the concurrency cap: refuse now rather than queue up latency
+                m.handled.labels(SERVICE, method, "RESOURCE_EXHAUSTED").inc()
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the gateway is handling {cap} calls, its limit; retry with backoff",
                 )
             m.inflight.inc()
             life.enter()
@@ -237,7 +243,7 @@ async def start(s: Settings) -> Running:
     if tokens:
         interceptors.append(AuthInterceptor(tokens, metrics))
     lifecycle = Lifecycle()
-    interceptors.append(ErrorInterceptor(metrics, lifecycle))
+    interceptors.append(ErrorInterceptor(metrics, lifecycle, s.max_inflight))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(gateway)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)

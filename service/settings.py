@@ -29,6 +29,7 @@ class Settings:
     max_wait_ms: float = 2.0  # how long a batch waits to fill
     max_queue: int = 1024  # items waiting per model; past it, RESOURCE_EXHAUSTED at once
     max_concurrent_batches: int = 2  # backend calls in flight per model
+    max_inflight: int = 512  # RPCs handled at once; past it, RESOURCE_EXHAUSTED at once
     max_items: int = 64  # embeddings / images / samples per request
     max_image_bytes: int = 8 * MiB
     max_image_pixels: int = DEFAULT_MAX_PIXELS

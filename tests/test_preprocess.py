@@ -91,6 +91,19 @@ def test_bad_bytes_are_rejected_with_a_reason(data, reason):
     assert e.value.grpc_code == "INVALID_ARGUMENT"
 
 
+def test_malformed_png_header_found_by_fuzzing_is_rejected_not_raised():
+    # Regression (make fuzz): a 5-byte IHDR made Pillow raise ValueError, which would have
+    # reached a caller as INTERNAL.
+    import struct
+    import zlib
+
+    body = b"IHDR" + bytes(5)
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 5) + body + struct.pack(">I", zlib.crc32(body))
+    with pytest.raises(ImageRejected) as e:
+        preprocess(data, CENTER)
+    assert e.value.reason == "unreadable"
+
+
 def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ImageRejected, match="limit is 5000") as e:
         preprocess(encode(pattern(100, 100), "PNG"), CENTER, max_pixels=5000)

@@ -24,6 +24,7 @@ from PIL import Image
 from vaegan.client import LatentClient
 from vaegan.export.export import ExportOptions, export
 from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -274,3 +275,62 @@ def test_generated_pngs_decode(gateway):
     stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
     r = stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=2)), timeout=10)
     assert [np.asarray(Image.open(io.BytesIO(i.data))).shape for i in r.images] == [(32, 32, 3)] * 2
+
+
+def test_past_the_concurrency_cap_calls_are_refused_at_once(repo):
+    with (
+        LocalTriton(repo) as triton,
+        GatewayThread(Settings(triton_url=triton.grpc_url, max_inflight=2)) as gw,
+        LatentClient(gw.target, timeout=15) as c,
+    ):
+        c.generate(count=1)
+        os.kill(triton.process.pid, signal.SIGSTOP)  # accepted calls now wait on Triton
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                stuck = [
+                    pool.submit(
+                        lambda: _code(lambda: LatentClient(gw.target, timeout=3).generate(count=1))
+                    )
+                    for _ in range(2)
+                ]
+                _wait(
+                    lambda: (
+                        metric_value(
+                            urllib.request.urlopen(gw.metrics_url).read().decode(),
+                            "vaegan_inflight_requests",
+                        )
+                        == 2
+                    )
+                )
+                t = time.monotonic()
+                code, details = _code(lambda: c.generate(count=1))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "its limit" in details
+                assert time.monotonic() - t < 1.0  # at once, not after the 15 s deadline
+                assert [f.result()[0] for f in stuck] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        _wait(lambda: _ok(c))
+
+
+def _ok(c) -> bool:
+    try:
+        return c.generate(count=1)[0].shape == (1, 32, 32, 3)
+    except grpc.RpcError:
+        return False
+
+
+def test_tritons_full_queue_rejection_becomes_resource_exhausted():
+    from tritonclient.utils import InferenceServerException
+
+    from vaegan.errors import ResourceExhausted, Unavailable
+    from vaegan.service.backends import TritonBackend
+
+    backend = TritonBackend(
+        "127.0.0.1:1", {"encoder": "e", "decoder": "d"}, "", Metrics("t", "0"), 1 << 20
+    )
+    full = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+    down = InferenceServerException(
+        "failed to connect to all addresses", status="StatusCode.UNAVAILABLE"
+    )
+    assert isinstance(backend._map(full, "vaegan_decoder"), ResourceExhausted)
+    assert isinstance(backend._map(down, "vaegan_decoder"), Unavailable)

@@ -79,6 +79,12 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise ImageRejected("too_large", f"image exceeds {max_pixels} pixels") from None
     except OSError as e:  # unreadable file, truncated header
         raise ImageRejected("unreadable", f"cannot read image: {e}") from None
+    except Exception as e:
+        # Pillow's parsers raise ValueError, SyntaxError, struct.error... on malformed
+        # headers (found by fuzzing): untrusted bytes that fail to parse are refused.
+        raise ImageRejected(
+            "unreadable", f"malformed image header ({type(e).__name__}: {e})"
+        ) from None
     if im.format not in ALLOWED_FORMATS:
         raise ImageRejected(
             "unsupported_format",
@@ -98,9 +104,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """Decode and convert any accepted mode to 8-bit RGB; transparency goes onto white."""
     try:
         im.load()
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        im = ImageOps.exif_transpose(im)  # phone photos: pixels as the user sees them
+    except Exception as e:  # any decoder failure on untrusted bytes is a refusal
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {e}") from None
-    im = ImageOps.exif_transpose(im)  # phone photos: pixels as the user sees them
     if im.mode.startswith("I"):  # 16-bit greyscale: Pillow's convert() clips, so scale
         arr = np.asarray(im, dtype=np.float64)
         im = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
