@@ -12,7 +12,7 @@ OUT ?= outputs
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 PYTEST_ARGS ?=
 
-.PHONY: help install triton-env proto proto-check test lint fuzz format demo demo-data demo-font triton bench clean
+.PHONY: help install triton-env proto proto-check test lint fuzz loadtest soak format demo demo-data demo-font triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -99,6 +99,17 @@ bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo f
 	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
 	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json
 	$(BIN)/python -m benchmarks.train_throughput --out $(OUT)/bench/train_throughput.json
+
+loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the demo model (make demo first)
+	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
+	mkdir -p $(OUT)/bench
+	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --out $(OUT)/bench/loadtest.json
+
+SOAK_MINUTES ?= 5
+soak: $(STAMP) $(TRITON_STAMP) ## SOAK_MINUTES of steady load; gateway memory and descriptor slopes (make demo first)
+	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
+	mkdir -p $(OUT)/bench
+	$(BIN)/python -m benchmarks.soak --repository $(OUT)/demo_repository --minutes $(SOAK_MINUTES) --out $(OUT)/bench/soak.json
 
 FUZZ_SECONDS ?= 300
 fuzz: $(STAMP) ## long fuzzing runs (FUZZ_SECONDS each) of image decoding and request handling

@@ -263,28 +263,12 @@ class TritonBackend(Backend):
                 self._meta_cache[key] = meta_from_parameters(name, version, params)
             return self._meta_cache[key]
         except self._triton_exc() as e:
-            raise self._map(e, name) from None
+            raise triton_error(e, name) from None
 
     def _triton_exc(self):
         from tritonclient.utils import InferenceServerException
 
         return InferenceServerException
-
-    def _map(self, e, name: str) -> VaeganError:
-        status = str(e.status() or "")
-        msg = e.message() or str(e)
-        if "DEADLINE_EXCEEDED" in status or "Deadline" in msg:
-            return DeadlineExceeded(f"{name}: Triton did not answer before the deadline")
-        if "INVALID_ARGUMENT" in status:
-            return InvalidInput(f"{name}: {msg}")
-        if "NOT_FOUND" in status or "unknown model" in msg.lower():
-            return NotFound(f"{name}: {msg}")
-        if "Exceeds maximum queue size" in msg:
-            # Triton sends its full-queue rejection as UNAVAILABLE. It is overload, not an
-            # outage: callers should back off rather than fail over, as with our own full
-            # queue, so it becomes RESOURCE_EXHAUSTED.
-            return ResourceExhausted(f"{name}: Triton's request queue is full; retry with backoff")
-        return Unavailable(f"{name}: Triton unavailable ({status or 'no status'}: {msg[:200]})")
 
     async def _infer(self, role, version, array, timeout):
         t = self._triton
@@ -298,8 +282,26 @@ class TritonBackend(Backend):
                 self.names[role], [inp], model_version=version, outputs=outs, client_timeout=timeout
             )
         except self._triton_exc() as e:
-            raise self._map(e, self.names[role]) from None
+            raise triton_error(e, self.names[role]) from None
         return {o: res.as_numpy(o) for o in OUTPUTS[role]}
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def triton_error(e, name: str) -> VaeganError:
+    """A tritonclient InferenceServerException -> the project's error, codes kept intact."""
+    status = str(e.status() or "")
+    msg = e.message() or str(e)
+    if "DEADLINE_EXCEEDED" in status or "Deadline" in msg:
+        return DeadlineExceeded(f"{name}: Triton did not answer before the deadline")
+    if "INVALID_ARGUMENT" in status:
+        return InvalidInput(f"{name}: {msg}")
+    if "NOT_FOUND" in status or "unknown model" in msg.lower():
+        return NotFound(f"{name}: {msg}")
+    if "Exceeds maximum queue size" in msg:
+        # Triton sends its full-queue rejection as UNAVAILABLE. It is overload, not an
+        # outage: callers should back off rather than fail over, as with our own full
+        # queue, so it becomes RESOURCE_EXHAUSTED.
+        return ResourceExhausted(f"{name}: Triton's request queue is full; retry with backoff")
+    return Unavailable(f"{name}: Triton unavailable ({status or 'no status'}: {msg[:200]})")

@@ -24,7 +24,6 @@ from PIL import Image
 from vaegan.client import LatentClient
 from vaegan.export.export import ExportOptions, export
 from vaegan.export.local_triton import LocalTriton, free_port
-from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -323,14 +322,136 @@ def test_tritons_full_queue_rejection_becomes_resource_exhausted():
     from tritonclient.utils import InferenceServerException
 
     from vaegan.errors import ResourceExhausted, Unavailable
-    from vaegan.service.backends import TritonBackend
+    from vaegan.service.backends import triton_error
 
-    backend = TritonBackend(
-        "127.0.0.1:1", {"encoder": "e", "decoder": "d"}, "", Metrics("t", "0"), 1 << 20
-    )
     full = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
     down = InferenceServerException(
         "failed to connect to all addresses", status="StatusCode.UNAVAILABLE"
     )
-    assert isinstance(backend._map(full, "vaegan_decoder"), ResourceExhausted)
-    assert isinstance(backend._map(down, "vaegan_decoder"), Unavailable)
+    assert isinstance(triton_error(full, "vaegan_decoder"), ResourceExhausted)
+    assert isinstance(triton_error(down, "vaegan_decoder"), Unavailable)
+
+
+def _proc_counts(pid: int) -> tuple[int, int]:
+    """Open file descriptors and threads of a process (Linux /proc)."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    return fds, threads
+
+
+KILLED_CLIENT = """
+import sys, grpc
+from vaegan.v1 import vaegan_pb2 as pb, vaegan_pb2_grpc as pb_grpc
+stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(sys.argv[1]))
+data = open(sys.argv[2], "rb").read()
+print("sending", flush=True)
+stub.Encode(pb.EncodeRequest(images=[data] * 4), timeout=60)
+"""
+
+
+def test_clients_killed_mid_request_leak_no_descriptors_threads_or_calls(repo, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        VAEGAN_MODEL_REPOSITORY=str(repo),
+        VAEGAN_PORT=str(port),
+        VAEGAN_HOST="127.0.0.1",
+        VAEGAN_METRICS_PORT=str(metrics_port),
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "vaegan.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    image = tmp_path / "big.png"
+    image.write_bytes(encode(pattern(3000, 3000, 2), "PNG"))  # slow enough to be killed mid-call
+    try:
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+        _wait(lambda: _check(health) == SERVING)
+        with LatentClient(target) as c:
+            c.encode([image.read_bytes()])  # warm every pool before counting
+        baseline = _proc_counts(gateway.pid)
+        for _ in range(20):
+            client = subprocess.Popen(
+                [sys.executable, "-c", KILLED_CLIENT, target, str(image)], stdout=subprocess.PIPE
+            )
+            client.stdout.readline()  # "sending"
+            time.sleep(0.15)  # the request is on its way or being decoded
+            client.kill()
+            client.wait()
+        _wait(
+            lambda: (
+                metric_value(
+                    urllib.request.urlopen(metrics_url).read().decode(), "vaegan_inflight_requests"
+                )
+                == 0
+            )
+        )
+        time.sleep(1.0)
+        fds, threads = _proc_counts(gateway.pid)
+        assert fds <= baseline[0] + 2, (
+            baseline,
+            fds,
+        )  # a listening/metrics socket may churn, nothing grows
+        assert threads <= baseline[1] + 1, (baseline, threads)
+        with LatentClient(target) as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+    finally:
+        gateway.kill()
+        gateway.wait()
+
+
+def test_triton_killed_under_load_recovers_and_no_call_outlives_its_deadline(repo):
+    server = LocalTriton(repo)
+    server.start()
+    ports = dict(
+        grpc_port=server.grpc_port, http_port=server.http_port, metrics_port=server.metrics_port
+    )
+    restarted = None
+    try:
+        with GatewayThread(Settings(triton_url=server.grpc_url, health_poll_s=0.2)) as gw:
+            results: list[tuple[float, float, str]] = []  # (start, duration, outcome)
+            stop = threading.Event()
+
+            def hammer():
+                with LatentClient(gw.target, timeout=2.0) as c:
+                    while not stop.is_set():
+                        t = time.monotonic()
+                        try:
+                            c.generate(count=2)
+                            outcome = "OK"
+                        except grpc.RpcError as e:
+                            outcome = e.code().name
+                            time.sleep(0.05)
+                        results.append((t, time.monotonic() - t, outcome))
+
+            with ThreadPoolExecutor(6) as pool:
+                for _ in range(6):
+                    pool.submit(hammer)
+                time.sleep(1.5)
+                killed_at = time.monotonic()
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait()
+                server.process = None
+                time.sleep(2.0)
+                restarted = LocalTriton(repo, **ports).start()
+                back_at = time.monotonic()
+                time.sleep(6.0)
+                stop.set()
+        assert max(d for _, d, _ in results) < 2.0 + 1.0  # nothing hung past its 2 s deadline
+        errors = [(t, o) for t, _, o in results if o != "OK"]
+        assert errors and {o for _, o in errors} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, {
+            o for _, o in errors
+        }
+        assert all(
+            killed_at - 0.5 <= t <= back_at + 5.0 for t, _ in errors
+        )  # only during the outage + a few s
+        assert any(
+            o == "OK" and t > back_at for t, _, o in results
+        )  # recovered without a gateway restart
+    finally:
+        for s in (server, restarted):
+            if s is not None:
+                s.stop()

@@ -1,0 +1,186 @@
+"""Load test of the whole path (client -> `vaegan serve` -> local Triton), loopback only,
+bounded in time and count: measure capacity, then offer 0.7x and 3x of it open-loop.
+
+    python -m benchmarks.loadtest --repository outputs/demo_repository [--seconds 10] [--out FILE]
+
+For each phase: offered and achieved rate, p50/p99 of the calls that succeeded, the status
+code mix, and the gateway's own counts (grpc_server_handled_total) against the client's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from serve_demo import wait_serving
+
+MAX_CALLS = 200_000  # hard bound on any phase
+
+
+def handled(metrics_url: str) -> Counter:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: Counter = Counter()
+    for fam in text_string_to_metric_families(urllib.request.urlopen(metrics_url).read().decode()):
+        for s in fam.samples:
+            if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "Generate":
+                counts[s.labels["grpc_code"]] += int(s.value)
+    return counts
+
+
+async def closed_loop(stub, req, clients: int, seconds: float) -> float:
+    done, end = 0, time.monotonic() + seconds
+
+    async def worker():
+        nonlocal done
+        while time.monotonic() < end:
+            try:
+                await stub.Generate(req, timeout=5)
+                done += 1
+            except grpc.aio.AioRpcError:
+                pass
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return done / (time.monotonic() - start)
+
+
+async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> dict:
+    """Send at a fixed rate regardless of answers (what callers under load do)."""
+    codes: Counter = Counter()
+    latencies: list[float] = []
+
+    async def one():
+        t = time.perf_counter()
+        try:
+            await stub.Generate(req, timeout=deadline)
+            codes["OK"] += 1
+            latencies.append(time.perf_counter() - t)
+        except grpc.aio.AioRpcError as e:
+            codes[e.code().name] += 1
+
+    tasks, start = [], time.monotonic()
+    n = min(int(rate * seconds), MAX_CALLS)
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    lat = np.asarray(latencies) * 1e3
+    return {
+        "offered_per_s": rate,
+        "sent": n,
+        "ok_per_s": codes["OK"] / elapsed,
+        "codes": dict(codes),
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+    }
+
+
+async def run(target: str, metrics_url: str, latent: int, seconds: float, deadline: float) -> dict:
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb_grpc.LatentServiceStub(channel)
+    req = pb.GenerateRequest(
+        embeddings=pb.EmbeddingList(items=[pb.Embedding(values=[0.1] * latent)]),
+        output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW),
+    )
+    await stub.Generate(req, timeout=10)
+    capacity = await closed_loop(stub, req, 64, min(seconds, 5))
+    out = {"capacity_per_s": capacity, "phases": {}}
+    for factor in (0.7, 3.0):
+        before = handled(metrics_url)
+        phase = await open_loop(stub, req, capacity * factor, seconds, deadline)
+        await asyncio.sleep(0.5)
+        server = handled(metrics_url) - before
+        phase["gateway_counts"] = dict(server)
+        # Calls the client saw end with a status the server also counted (a call cut off by
+        # the client's own deadline can end on the client before the server records it).
+        phase["counts_agree"] = server.get("OK", 0) == phase["codes"].get("OK", 0)
+        out["phases"][f"{factor}x"] = phase
+    await channel.close()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repository", required=True)
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    p.add_argument("--deadline", type=float, default=1.0, help="per-call deadline in seconds")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    from vaegan.export.repository import read_config
+
+    latent = int(
+        read_config(Path(a.repository) / "vaegan_decoder")
+        .parameters["vaegan.latent_dim"]
+        .string_value
+    )
+    with LocalTriton(a.repository) as triton:
+        port, mport = free_port(), free_port()
+        gw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vaegan.cli",
+                "serve",
+                "--triton-url",
+                triton.grpc_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(mport),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_serving(f"127.0.0.1:{port}")
+            result = asyncio.run(
+                run(
+                    f"127.0.0.1:{port}",
+                    f"http://127.0.0.1:{mport}/metrics",
+                    latent,
+                    a.seconds,
+                    a.deadline,
+                )
+            )
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+    print(f"capacity (64 clients, closed loop): {result['capacity_per_s']:.0f} calls/s")
+    print(
+        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8}  client codes | gateway counts | agree"
+    )
+    for name, r in result["phases"].items():
+        p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
+        p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
+        print(
+            f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8}  {r['codes']} | "
+            f"{r['gateway_counts']} | {r['counts_agree']}"
+        )
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
