@@ -18,9 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,13 +27,11 @@ import onnxruntime as ort
 import tritonclient.grpc.aio as triton_aio
 from tqdm import tqdm
 
-from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.export.local_triton import LocalTriton
 from vaegan.export.repository import read_config
+from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from serve_demo import wait_serving
 
 
 def summarize(latencies: list[float], codes: dict[str, int], seconds: float) -> dict:
@@ -125,33 +120,6 @@ def ceiling(repo: Path, model: str, latent: int, seconds: float) -> dict:
     return {"batch": 64, "throughput_per_s": n / (time.perf_counter() - start)}
 
 
-def start_gateway(triton_url: str, batching: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaegan.cli",
-            "serve",
-            "--triton-url",
-            triton_url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--batching",
-            str(batching).lower(),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    target = f"127.0.0.1:{port}"
-    wait_serving(target)
-    return proc, target
-
-
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,13 +142,10 @@ def main() -> None:
         )
         steps.update()
         for batching in (True, False):
-            proc, target = start_gateway(triton.grpc_url, batching)
-            try:
+            flags = ("--batching", str(batching).lower())
+            with gateway_process(triton.grpc_url, *flags, metrics=False) as gw:
                 key = "gateway_batching_on" if batching else "gateway_batching_off"
-                results[key] = asyncio.run(bench_gateway(target, latent, a.clients, a.duration))
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+                results[key] = asyncio.run(bench_gateway(gw.target, latent, a.clients, a.duration))
             steps.update()
     steps.close()
     top, one = max(a.clients), min(a.clients)

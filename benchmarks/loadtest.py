@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -23,12 +20,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.export.local_triton import LocalTriton
+from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from serve_demo import wait_serving
 
 MAX_CALLS = 200_000  # hard bound on any phase
 
@@ -133,40 +128,8 @@ def main() -> None:
         .parameters["vaegan.latent_dim"]
         .string_value
     )
-    with LocalTriton(a.repository) as triton:
-        port, mport = free_port(), free_port()
-        gw = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vaegan.cli",
-                "serve",
-                "--triton-url",
-                triton.grpc_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                str(mport),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_serving(f"127.0.0.1:{port}")
-            result = asyncio.run(
-                run(
-                    f"127.0.0.1:{port}",
-                    f"http://127.0.0.1:{mport}/metrics",
-                    latent,
-                    a.seconds,
-                    a.deadline,
-                )
-            )
-        finally:
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(30)
+    with LocalTriton(a.repository) as triton, gateway_process(triton.grpc_url) as gw:
+        result = asyncio.run(run(gw.target, gw.metrics_url, latent, a.seconds, a.deadline))
     print(f"capacity (64 clients, closed loop): {result['capacity_per_s']:.0f} calls/s")
     print(
         f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8}  client codes | gateway counts | agree"

@@ -12,21 +12,16 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.export.local_triton import LocalTriton
+from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from serve_demo import wait_serving
 
 
 def sample(pid: int) -> tuple[float, int]:
@@ -110,34 +105,11 @@ def main() -> None:
         .parameters["vaegan.latent_dim"]
         .string_value
     )
-    with LocalTriton(a.repository) as triton:
-        port = free_port()
-        gw = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vaegan.cli",
-                "serve",
-                "--triton-url",
-                triton.grpc_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_serving(f"127.0.0.1:{port}")
-            r = asyncio.run(
-                load(f"127.0.0.1:{port}", latent, a.clients, a.minutes * 60, gw.pid, a.every)
-            )
-        finally:
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(30)
+    with (
+        LocalTriton(a.repository) as triton,
+        gateway_process(triton.grpc_url, metrics=False) as gw,
+    ):
+        r = asyncio.run(load(gw.target, latent, a.clients, a.minutes * 60, gw.process.pid, a.every))
     print(
         f"{a.minutes:g} min, {a.clients} clients: {r['calls']['ok']} calls ok, {r['calls']['error']} errors"
     )

@@ -127,3 +127,21 @@ def tree_digest(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
+
+
+@pytest.fixture(scope="session")
+def repo(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model exported as the python flavour: it carries model.onnx too, so the same
+    repository serves the embedded backend and the real local Triton. Tests only read it."""
+    import sys
+
+    from vaegan.export.export import ExportOptions, export
+
+    path = tmp_path_factory.mktemp("repo")
+    export(
+        tiny_checkpoint,
+        path,
+        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
+        log=lambda *_: None,
+    )
+    return path

@@ -55,3 +55,15 @@ def metric_value(text: str, name: str, **labels) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def wait_until(cond, timeout: float = 30.0, every: float = 0.1) -> None:
+    """Poll ``cond`` until it is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not reached within {timeout:.0f}s")

@@ -4,7 +4,6 @@ make at run time. Real gRPC over loopback, embedded backend."""
 from __future__ import annotations
 
 import datetime
-import sys
 
 import grpc
 import pytest
@@ -12,7 +11,6 @@ from gateway_harness import GatewayThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vaegan.client import LatentClient
-from vaegan.export.export import ExportOptions, export
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -82,18 +80,6 @@ def pki(tmp_path_factory):
         files[name] = (cert_pem, key_pem)
     files["dir"] = d
     return files
-
-
-@pytest.fixture(scope="module")
-def repo(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("access_repo")
-    export(
-        tiny_checkpoint,
-        path,
-        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
-        log=lambda *_: None,
-    )
-    return path
 
 
 def _code(fn):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import encode, pattern
-from gateway_harness import GatewayThread, metric_value
+from gateway_harness import GatewayThread, metric_value, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
-from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.export import load_model
 from vaegan.export.local_triton import LocalTriton
 from vaegan.preprocess import CropPolicy, preprocess
 from vaegan.service.settings import Settings
@@ -31,18 +31,6 @@ LATENT = 16
 READY = health_pb2.HealthCheckRequest(
     service="vaegan.v1.LatentService"
 )  # readiness; "" is liveness
-
-
-@pytest.fixture(scope="module")
-def repo(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("gw_repo")
-    export(
-        tiny_checkpoint,
-        path,
-        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
-        log=lambda *_: None,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +325,7 @@ def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo
             server.stop()
             code, _ = _status(lambda: c.generate(count=1))
             assert code == grpc.StatusCode.UNAVAILABLE
-            _wait(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.NOT_SERVING)
+            wait_until(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.NOT_SERVING)
             # Liveness (the overall status) stays SERVING: an outage must not restart gateways.
             assert (
                 h.Check(health_pb2.HealthCheckRequest()).status
@@ -350,24 +338,13 @@ def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo
                 metrics_port=server.metrics_port,
             ).__enter__()
             server = None  # replaced; stopped below through the new handle
-            _wait(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.SERVING)
+            wait_until(lambda: h.Check(READY).status == health_pb2.HealthCheckResponse.SERVING)
             images, _ = c.generate(count=1)
             assert images.shape == (1, 32, 32, 3)
     finally:
         if server is not None:
             server.stop()
         _kill_tritons(repo)
-
-
-def _wait(cond, timeout: float = 30.0) -> None:
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def _kill_tritons(repo) -> None:
@@ -438,7 +415,7 @@ def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(re
     )
     try:
         h = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        _wait(lambda: _serving(h))
+        wait_until(lambda: _serving(h))
         with LatentClient(f"127.0.0.1:{port}") as c:
             assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
         proc.send_signal(signal.SIGTERM)
@@ -454,3 +431,88 @@ def _serving(h) -> bool:
         return h.Check(READY, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
+
+
+def test_client_cli_verbs_write_their_files_against_a_live_gateway(repo, tmp_path, capsys):
+    import json
+
+    from vaegan.cli import main
+
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    a.write_bytes(encode(pattern(80, 60, 1), "PNG"))
+    b.write_bytes(encode(pattern(60, 80, 2), "JPEG"))
+    with GatewayThread(Settings(model_repository=str(repo), auth_tokens="cli-token")) as gw:
+        common = ["--target", gw.target, "--token", "cli-token"]
+        assert main(["info", *common]) == 0
+        assert json.loads(capsys.readouterr().out)["latent_dim"] == LATENT
+        assert (
+            main(
+                [
+                    "generate",
+                    *common,
+                    "--random",
+                    "6",
+                    "--seed",
+                    "2",
+                    "--out",
+                    str(tmp_path / "g.png"),
+                ]
+            )
+            == 0
+        )
+        assert Image.open(tmp_path / "g.png").size == (
+            3 * 34 + 2,
+            2 * 34 + 2,
+        )  # 6 tiles of 32 px, 2 px gaps
+        assert (
+            main(
+                [
+                    "encode",
+                    *common,
+                    str(a),
+                    str(b),
+                    "--out",
+                    str(tmp_path / "z.npy"),
+                    "--reconstruction-error",
+                ]
+            )
+            == 0
+        )
+        assert np.load(tmp_path / "z.npy").shape == (2, LATENT)
+        np.save(tmp_path / "one.npy", np.load(tmp_path / "z.npy")[1])  # a keyframe is one vector
+        assert (
+            main(
+                [
+                    "interpolate",
+                    *common,
+                    str(a),
+                    str(tmp_path / "one.npy"),
+                    "--steps",
+                    "3",
+                    "--out",
+                    str(tmp_path / "s.png"),
+                ]
+            )
+            == 0
+        )
+        assert Image.open(tmp_path / "s.png").size == (5 * 34 + 2, 34 + 2)
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"embeddings": [0.0] * LATENT, "key": "k"}) + "\n")
+        assert (
+            main(
+                [
+                    "batch",
+                    *common,
+                    "--input",
+                    str(jobs),
+                    "--output",
+                    str(tmp_path / "out.jsonl"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        assert json.loads((tmp_path / "out.jsonl").read_text())["key"] == "k"
+        capsys.readouterr()
+        assert main(["info", "--target", gw.target]) == 2  # no token: one line, non-zero
+        assert "UNAUTHENTICATED" in capsys.readouterr().err

@@ -17,12 +17,11 @@ import grpc
 import numpy as np
 import pytest
 from conftest import encode, pattern, png_header_only
-from gateway_harness import GatewayThread, metric_value
+from gateway_harness import GatewayThread, metric_value, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
-from vaegan.export.export import ExportOptions, export
 from vaegan.export.local_triton import LocalTriton, free_port
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
@@ -31,18 +30,6 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.integration
 READY = health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture(scope="module")
-def repo(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("rel_repo")
-    export(
-        tiny_checkpoint,
-        path,
-        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
-        log=lambda *_: None,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +149,7 @@ def test_triton_absent_at_start_then_appearing(repo):
             with LocalTriton(
                 repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port
             ):
-                _wait(lambda: health.Check(READY).status == SERVING)
+                wait_until(lambda: health.Check(READY).status == SERVING)
                 assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
 
 
@@ -185,7 +172,7 @@ def test_a_frozen_triton_gives_deadline_exceeded_near_the_deadline_and_leaves_no
             assert 0.9 < elapsed < 3.0, elapsed
         finally:
             os.kill(triton.process.pid, signal.SIGCONT)
-        _wait(
+        wait_until(
             lambda: (
                 metric_value(
                     urllib.request.urlopen(gw.metrics_url).read().decode(),
@@ -216,7 +203,7 @@ def test_sigterm_under_load_finishes_accepted_calls_refuses_new_ones_and_exits_z
     target = f"127.0.0.1:{port}"
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-        _wait(lambda: _check(health) == SERVING)
+        wait_until(lambda: _check(health) == SERVING)
         calls: list[tuple[float, str]] = []  # (start time, outcome)
         stop = threading.Event()
 
@@ -260,15 +247,6 @@ def _check(health):
         return None
 
 
-def _wait(cond, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_generated_pngs_decode(gateway):
     # Guard against a codec regression in the error paths above: normal output still decodes.
     stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
@@ -292,7 +270,7 @@ def test_past_the_concurrency_cap_calls_are_refused_at_once(repo):
                     )
                     for _ in range(2)
                 ]
-                _wait(
+                wait_until(
                     lambda: (
                         metric_value(
                             urllib.request.urlopen(gw.metrics_url).read().decode(),
@@ -308,7 +286,7 @@ def test_past_the_concurrency_cap_calls_are_refused_at_once(repo):
                 assert [f.result()[0] for f in stuck] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
         finally:
             os.kill(triton.process.pid, signal.SIGCONT)
-        _wait(lambda: _ok(c))
+        wait_until(lambda: _ok(c))
 
 
 def _ok(c) -> bool:
@@ -369,7 +347,7 @@ def test_clients_killed_mid_request_leak_no_descriptors_threads_or_calls(repo, t
     image.write_bytes(encode(pattern(3000, 3000, 2), "PNG"))  # slow enough to be killed mid-call
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-        _wait(lambda: _check(health) == SERVING)
+        wait_until(lambda: _check(health) == SERVING)
         with LatentClient(target) as c:
             c.encode([image.read_bytes()])  # warm every pool before counting
         baseline = _proc_counts(gateway.pid)
@@ -381,7 +359,7 @@ def test_clients_killed_mid_request_leak_no_descriptors_threads_or_calls(repo, t
             time.sleep(0.15)  # the request is on its way or being decoded
             client.kill()
             client.wait()
-        _wait(
+        wait_until(
             lambda: (
                 metric_value(
                     urllib.request.urlopen(metrics_url).read().decode(), "vaegan_inflight_requests"

@@ -222,14 +222,8 @@ def _interpolate(a: argparse.Namespace) -> int:
 def _batch(a: argparse.Namespace) -> int:
     from vaegan.batch_job import run_job
 
-    counts = run_job(
-        a.target,
-        a.input,
-        a.output,
-        concurrency=a.concurrency,
-        timeout=a.timeout,
-        progress=not a.quiet,
-    )
+    with _client(a) as client:  # the same TLS, token and deadline as the other verbs
+        counts = run_job(client, a.input, a.output, concurrency=a.concurrency, progress=not a.quiet)
     print(f"wrote {a.output}: {counts['ok']} results, {counts['errors']} errors")
     return 0
 
@@ -460,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--timeout", type=float, default=30.0, help="call deadline in seconds (default 30)"
         )
+        p.add_argument("--token", default=None, help="bearer token (default: $VAEGAN_TOKEN)")
+        p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+        p.add_argument("--tls-ca", default=None, help="TLS, trusting this CA bundle (PEM)")
+        p.add_argument("--tls-cert", default=None, help="client certificate for mutual TLS (PEM)")
+        p.add_argument("--tls-key", default=None, help="its private key (PEM)")
 
     g = sub.add_parser("generate", help="images from random or given embeddings, as a PNG grid")
     client_args(g)
