@@ -32,10 +32,6 @@ class NotFound(VaeganError):
     grpc_code = "NOT_FOUND"
 
 
-class FailedPrecondition(VaeganError):
-    grpc_code = "FAILED_PRECONDITION"
-
-
 class ImageRejected(InvalidInput):
     """An image that cannot be used; ``reason`` is a short stable key for reports."""
 
