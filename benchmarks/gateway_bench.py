@@ -28,7 +28,7 @@ import tritonclient.grpc.aio as triton_aio
 from tqdm import tqdm
 
 from vaegan.export.local_triton import LocalTriton
-from vaegan.export.repository import read_config
+from vaegan.export.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     a = p.parse_args()
     repo = Path(a.repository)
-    latent = int(read_config(repo / a.model).parameters["vaegan.latent_dim"].string_value)
+    latent = latent_dim(repo, a.model)
     results: dict = {}
     steps = tqdm(total=4, desc="gateway bench", unit="setup")
     results["ceiling"] = ceiling(repo, a.model, latent, a.duration)

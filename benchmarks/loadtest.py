@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
+from vaegan.export.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -121,13 +122,7 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=1.0, help="per-call deadline in seconds")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    from vaegan.export.repository import read_config
-
-    latent = int(
-        read_config(Path(a.repository) / "vaegan_decoder")
-        .parameters["vaegan.latent_dim"]
-        .string_value
-    )
+    latent = latent_dim(a.repository)
     with LocalTriton(a.repository) as triton, gateway_process(triton.grpc_url) as gw:
         result = asyncio.run(run(gw.target, gw.metrics_url, latent, a.seconds, a.deadline))
     print(f"capacity (64 clients, closed loop): {result['capacity_per_s']:.0f} calls/s")

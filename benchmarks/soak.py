@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
+from vaegan.export.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -98,13 +99,7 @@ def main() -> None:
     p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    from vaegan.export.repository import read_config
-
-    latent = int(
-        read_config(Path(a.repository) / "vaegan_decoder")
-        .parameters["vaegan.latent_dim"]
-        .string_value
-    )
+    latent = latent_dim(a.repository)
     with (
         LocalTriton(a.repository) as triton,
         gateway_process(triton.grpc_url, metrics=False) as gw,

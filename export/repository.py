@@ -120,6 +120,14 @@ def read_config(model_dir: Path) -> mc.ModelConfig | None:
         raise VaeganError(f"{path} is not a valid Triton model config: {e}") from None
 
 
+def latent_dim(repository: str | Path, model: str = api.DECODER_MODEL) -> int:
+    """The latent size a model of the repository was exported with (its config's facts)."""
+    cfg = read_config(Path(repository) / model)
+    if cfg is None:
+        raise VaeganError(f"no model {model} in {repository}")
+    return int(cfg.parameters[api.PARAM_LATENT_DIM].string_value)
+
+
 def versions_on_disk(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []

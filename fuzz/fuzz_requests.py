@@ -8,7 +8,6 @@ codes) are fine; any other exception would reach a caller as INTERNAL and is a c
 
 import asyncio
 import contextlib
-import resource
 import sys
 
 import atheris
@@ -93,14 +92,9 @@ def test_one(data: bytes) -> None:
 
 
 def main() -> None:
+    # libFuzzer ends the process itself; its own status lines report runs and peak RSS.
     atheris.Setup(sys.argv, test_one)
-    try:
-        atheris.Fuzz()
-    finally:
-        print(
-            f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
-            flush=True,
-        )
+    atheris.Fuzz()
 
 
 if __name__ == "__main__":

@@ -67,3 +67,31 @@ def wait_until(cond, timeout: float = 30.0, every: float = 0.1) -> None:
             return
         time.sleep(every)
     raise AssertionError(f"condition not reached within {timeout:.0f}s")
+
+
+def serve_process(repo, *, metrics: bool = True, grace_s: float = 10.0, capture: bool = False):
+    """A real `vaegan serve` child process on the embedded backend, configured only through
+    VAEGAN_* environment variables (the 12-factor path), on free loopback ports.
+    Returns (process, target, metrics URL or None); ``capture`` keeps its output readable."""
+    import os
+    import subprocess
+    import sys
+
+    port, metrics_port = free_port(), (free_port() if metrics else 0)
+    env = dict(
+        os.environ,
+        VAEGAN_MODEL_REPOSITORY=str(repo),
+        VAEGAN_PORT=str(port),
+        VAEGAN_HOST="127.0.0.1",
+        VAEGAN_METRICS_PORT=str(metrics_port),
+        VAEGAN_GRACE_S=str(grace_s),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaegan.cli", "serve"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
+    )
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None
+    return proc, f"127.0.0.1:{port}", metrics_url

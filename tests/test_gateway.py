@@ -4,7 +4,6 @@ embedded ONNX Runtime and the real local Triton serving the same exported reposi
 from __future__ import annotations
 
 import io
-import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import encode, pattern
-from gateway_harness import GatewayThread, metric_value, wait_until
+from gateway_harness import GatewayThread, metric_value, serve_process, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -391,28 +390,10 @@ def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tm
 
 
 def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(repo):
-    import os
     import signal
-    import subprocess
 
-    from vaegan.export.local_triton import free_port
-
-    port = free_port()
-    env = dict(
-        os.environ,
-        VAEGAN_MODEL_REPOSITORY=str(repo),
-        VAEGAN_PORT=str(port),
-        VAEGAN_HOST="127.0.0.1",
-        VAEGAN_METRICS_PORT=str(free_port()),
-        VAEGAN_GRACE_S="5",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vaegan.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, target, _ = serve_process(repo, grace_s=5, capture=True)
+    port = int(target.rsplit(":", 1)[1])
     try:
         h = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         wait_until(lambda: _serving(h))

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import encode, pattern, png_header_only
-from gateway_harness import GatewayThread, metric_value, wait_until
+from gateway_harness import GatewayThread, metric_value, serve_process, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -185,22 +185,7 @@ def test_a_frozen_triton_gives_deadline_exceeded_near_the_deadline_and_leaves_no
 
 
 def test_sigterm_under_load_finishes_accepted_calls_refuses_new_ones_and_exits_zero(repo):
-    port = free_port()
-    env = dict(
-        os.environ,
-        VAEGAN_MODEL_REPOSITORY=str(repo),
-        VAEGAN_PORT=str(port),
-        VAEGAN_HOST="127.0.0.1",
-        VAEGAN_METRICS_PORT="0",
-        VAEGAN_GRACE_S="10",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vaegan.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    target = f"127.0.0.1:{port}"
+    proc, target, _ = serve_process(repo, metrics=False, grace_s=10)
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
         wait_until(lambda: _check(health) == SERVING)
@@ -328,21 +313,7 @@ stub.Encode(pb.EncodeRequest(images=[data] * 4), timeout=60)
 
 
 def test_clients_killed_mid_request_leak_no_descriptors_threads_or_calls(repo, tmp_path):
-    port, metrics_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        VAEGAN_MODEL_REPOSITORY=str(repo),
-        VAEGAN_PORT=str(port),
-        VAEGAN_HOST="127.0.0.1",
-        VAEGAN_METRICS_PORT=str(metrics_port),
-    )
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "vaegan.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    gateway, target, metrics_url = serve_process(repo)
     image = tmp_path / "big.png"
     image.write_bytes(encode(pattern(3000, 3000, 2), "PNG"))  # slow enough to be killed mid-call
     try:
