@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -71,12 +72,16 @@ async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> 
         except grpc.aio.AioRpcError as e:
             codes[e.code().name] += 1
 
-    tasks, start = [], time.monotonic()
+    tasks, lags, start = [], [], time.monotonic()
     n = min(int(rate * seconds), MAX_CALLS)
     for i in range(n):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        lags.append(time.monotonic() - (start + i / rate))
         tasks.append(asyncio.create_task(one()))
     await asyncio.gather(*tasks)
+    # How late the generator sent, against its schedule: when this grows, the generator's
+    # own event loop is saturated and its latencies include its own delay, not only the server's.
+    lag_p99 = float(np.percentile(lags, 99) * 1e3) if lags else None
     elapsed = time.monotonic() - start
     lat = np.asarray(latencies) * 1e3
     return {
@@ -86,6 +91,7 @@ async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> 
         "codes": dict(codes),
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "send_lag_p99_ms": lag_p99,
     }
 
 
@@ -120,20 +126,40 @@ def main() -> None:
     p.add_argument("--repository", required=True)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--deadline", type=float, default=1.0, help="per-call deadline in seconds")
+    p.add_argument(
+        "--separate-cores",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the server side and the load generator to separate halves of the CPUs",
+    )
     p.add_argument("--out", default=None)
+    p.add_argument("gateway_args", nargs="*", help="extra `vaegan serve` flags (after --)")
     a = p.parse_args()
     latent = latent_dim(a.repository)
-    with LocalTriton(a.repository) as triton, gateway_process(triton.grpc_url) as gw:
+    cpus = sorted(os.sched_getaffinity(0))
+    # The server side (Triton + gateway, which inherit this affinity) and the load generator
+    # get separate cores, so an overloaded generator cannot steal the server's CPU.
+    server_cpus, client_cpus = set(cpus[: max(1, len(cpus) // 2)]), set(cpus[len(cpus) // 2 :])
+    if a.separate_cores and len(cpus) > 1:
+        os.sched_setaffinity(0, server_cpus)
+    with (
+        LocalTriton(a.repository) as triton,
+        gateway_process(triton.grpc_url, *a.gateway_args) as gw,
+    ):
+        if a.separate_cores and len(cpus) > 1:
+            os.sched_setaffinity(0, client_cpus)
+            print(f"server on cores {sorted(server_cpus)}, load generator on {sorted(client_cpus)}")
         result = asyncio.run(run(gw.target, gw.metrics_url, latent, a.seconds, a.deadline))
     print(f"capacity (64 clients, closed loop): {result['capacity_per_s']:.0f} calls/s")
     print(
-        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8}  client codes | gateway counts | agree"
+        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lag p99':>8}  client codes | gateway counts | agree"
     )
     for name, r in result["phases"].items():
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
         print(
-            f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8}  {r['codes']} | "
+            f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8} "
+            f"{r['send_lag_p99_ms']:>8.1f}  {r['codes']} | "
             f"{r['gateway_counts']} | {r['counts_agree']}"
         )
     if a.out:

@@ -233,6 +233,7 @@ async def start(s: Settings) -> Running:
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(s.grace_s * 1000)),
+        ("grpc.max_concurrent_streams", s.max_streams_per_connection),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -33,6 +33,11 @@ class Settings:
     # keep their latency only if cap / throughput stays near the latency you promise
     # (64 at ~800 calls/s on 2 CPU cores is ~80 ms of waiting at most).
     max_inflight: int = 64
+    # HTTP/2 streams one client connection may have open. Past it the transport refuses the
+    # stream (the caller sees UNAVAILABLE, which gRPC clients may retry transparently) before
+    # any Python runs: rejecting in the handler costs ~1 ms of CPU per call in grpc.aio, so
+    # a single flooding connection could otherwise starve the calls already accepted.
+    max_streams_per_connection: int = 32
     max_items: int = 64  # embeddings / images / samples per request
     max_image_bytes: int = 8 * MiB
     max_image_pixels: int = DEFAULT_MAX_PIXELS

@@ -225,6 +225,30 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "at least 2",
     ),
+    # Image and embedding keyframes mix (images are encoded first); these cannot be combined.
+    "keyframe_of_no_kind": (
+        lambda s: s.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=[pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 16)), pb.Keyframe()],
+                steps=2,
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "keyframes[1]: set either embedding or image",
+    ),
+    "keyframes_of_different_sizes": (
+        lambda s: s.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=[
+                    pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 16)),
+                    pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 8)),
+                ],
+                steps=2,
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "keyframes[1].embedding",
+    ),
     "unknown_version": (
         lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1), model_version="9")),
         grpc.StatusCode.NOT_FOUND,

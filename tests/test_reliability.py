@@ -404,3 +404,58 @@ def test_triton_killed_under_load_recovers_and_no_call_outlives_its_deadline(rep
         for s in (server, restarted):
             if s is not None:
                 s.stop()
+
+
+def test_a_connection_past_its_stream_limit_is_held_back_by_the_transport(repo):
+    # The flood protection that costs no Python: streams past the per-connection limit never
+    # reach a handler, so the gateway spends nothing on them and keeps serving the others.
+    with (
+        LocalTriton(repo) as triton,
+        GatewayThread(Settings(triton_url=triton.grpc_url, max_streams_per_connection=2)) as gw,
+    ):
+        channel = grpc.insecure_channel(gw.target)
+        stub = pb_grpc.LatentServiceStub(channel)
+        req = pb.GenerateRequest(sample=pb.Sample(count=1))
+        stub.Generate(req, timeout=15)
+        os.kill(triton.process.pid, signal.SIGSTOP)  # the two accepted streams now wait
+        try:
+            stuck = [stub.Generate.future(req, timeout=4) for _ in range(2)]
+            wait_until(lambda: _inflight(gw) == 2)
+            before = _handled_total(gw)
+            code, _ = _code(lambda: stub.Generate(req, timeout=1))
+            # A client that has the server's SETTINGS waits for a free stream (here: until its
+            # deadline); a stream opened before it saw them is refused (UNAVAILABLE).
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert _handled_total(gw) == before  # it never reached a handler
+            assert _inflight(gw) == 2
+            for f in stuck:
+                assert f.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        wait_until(lambda: _ok_stub(stub, req))
+        channel.close()
+
+
+def _inflight(gw) -> float:
+    return metric_value(
+        urllib.request.urlopen(gw.metrics_url).read().decode(), "vaegan_inflight_requests"
+    )
+
+
+def _handled_total(gw) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(gw.metrics_url).read().decode()
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "grpc_server_handled_total"
+    )
+
+
+def _ok_stub(stub, req) -> bool:
+    try:
+        return len(stub.Generate(req, timeout=5).images) == 1
+    except grpc.RpcError:
+        return False
