@@ -3,38 +3,44 @@
 random batches, after warm-up.
 
     python -m benchmarks.train_throughput [--presets cpu-demo gpu] [--steps 10] [--out FILE]
+    python -m benchmarks.train_throughput --presets cpu-demo --ranks 1 2
+
+With ``--ranks``, each count above 1 runs under torchrun (DDP, gloo on CPU, NCCL on GPUs,
+SyncBatchNorm) with the preset's batch as the global batch; img/s counts all ranks' images.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
 import torch
 
 from vaegan.training.config import preset
+from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.model import VAEGAN
-from vaegan.training.train import Nets, Optimizers, train_step
+from vaegan.training.train import Optimizers, train_step, wrap_networks
 
 
-def measure(name: str, steps: int, device: str, compile_: bool = False) -> dict:
+def measure(
+    name: str, steps: int, device: str, compile_: bool = False, dist: Dist = SINGLE
+) -> dict:
     cfg = preset(name)
     torch.manual_seed(0)
     model = VAEGAN(cfg.model).to(device)
+    if dist.enabled:
+        model = convert_sync_batchnorm(model, torch.device(device))
     cuda = device.startswith("cuda")
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    nets = Nets(
-        model,
-        *(
-            (torch.compile(m) for m in (model.encoder, model.decoder, model.discriminator))
-            if compile_
-            else (model.encoder, model.decoder, model.discriminator)
-        ),
-    )
+    nets = wrap_networks(model, dist, torch.device(device), compile_, broadcast_buffers=False)
     opts = Optimizers(
         *(
             torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.5, 0.999))
@@ -43,14 +49,15 @@ def measure(name: str, steps: int, device: str, compile_: bool = False) -> dict:
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
     s = cfg.model.image_size
-    x = torch.rand(cfg.batch_size, 3, s, s, device=device) * 2 - 1
+    x = torch.rand(cfg.batch_size // dist.world_size, 3, s, s, device=device) * 2 - 1
     for _ in range(3):
-        train_step(nets, opts, x, cfg, autocast)
+        train_step(nets, opts, x, cfg, autocast, dist=dist)
     if cuda:
         torch.cuda.synchronize()
+    dist.barrier()
     t = time.perf_counter()
     for _ in range(steps):
-        train_step(nets, opts, x, cfg, autocast)
+        train_step(nets, opts, x, cfg, autocast, dist=dist)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -61,8 +68,31 @@ def measure(name: str, steps: int, device: str, compile_: bool = False) -> dict:
         "width": cfg.model.width,
         "batch": cfg.batch_size,
         "steps": steps,
+        "ranks": dist.world_size,
+        "threads_per_rank": torch.get_num_threads(),
         "images_per_second": steps * cfg.batch_size / seconds,
     }
+
+
+def measure_ranks(n: int, a: argparse.Namespace) -> list[dict]:
+    """The presets on ``n`` ranks of this machine, under torchrun."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += [f"--nproc-per-node={n}", "-m", "benchmarks.train_throughput", "--worker"]
+        cmd += [
+            "--presets",
+            *a.presets,
+            "--steps",
+            str(a.steps),
+            "--device",
+            a.device,
+            "--out",
+            out,
+        ]
+        subprocess.run(cmd, check=True)
+        with open(out) as f:
+            return json.load(f)["rows"]
 
 
 def main() -> None:
@@ -73,15 +103,32 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1], help="rank counts to compare")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    rows = [measure(n, a.steps, a.device) for n in a.presets]
-    if a.compile:
-        rows += [measure(n, a.steps, a.device, compile_=True) for n in a.presets]
+    if a.worker:
+        dist, device = setup(a.device)
+        try:
+            rows = [measure(n, a.steps, str(device), dist=dist) for n in a.presets]
+        finally:
+            teardown()
+        if not dist.is_main:
+            return
+    else:
+        rows = []
+        for n in a.ranks:
+            rows += (
+                [measure(p, a.steps, a.device) for p in a.presets]
+                if n == 1
+                else measure_ranks(n, a)
+            )
+        if a.compile:
+            rows += [measure(n, a.steps, a.device, compile_=True) for n in a.presets]
     for r in rows:
         print(
-            f"{r['preset']:<10} {r['device']:<6} compile={r['compile']!s:<5} width {r['width']:>3} batch {r['batch']}: "
-            f"{r['images_per_second']:.1f} img/s"
+            f"{r['preset']:<10} {r['device']:<6} compile={r['compile']!s:<5} width {r['width']:>3} batch {r['batch']} "
+            f"ranks {r['ranks']} x {r['threads_per_rank']} threads: {r['images_per_second']:.1f} img/s"
         )
     if a.out:
         with open(a.out, "w") as f:

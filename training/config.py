@@ -44,7 +44,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # optimisation
     steps: int = _f(80_000, "total optimisation steps")
-    batch_size: int = _f(64, "images per step")
+    batch_size: int = _f(64, "images per step, in total over all ranks (each takes an equal share)")
     lr_enc: float = _f(2e-4, "Adam learning rate of the encoder")
     lr_dec: float = _f(2e-4, "Adam learning rate of the decoder/generator")
     lr_dis: float = _f(2e-4, "Adam learning rate of the discriminator")
@@ -73,6 +73,27 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    # several ranks (torchrun / vaegan train --nproc N)
+    sync_batchnorm: str = _f(
+        "auto", "BatchNorm statistics over the global batch: auto (on with >1 rank), on, off"
+    )
+    lr_scaling: str = _f(
+        "none",
+        "learning rates times (batch_size / lr_reference_batch): none, linear or sqrt",
+    )
+    lr_reference_batch: int = _f(64, "the batch size the learning rates were tuned for")
+
+    def __post_init__(self) -> None:
+        choices = {
+            "sync_batchnorm": ("auto", "on", "off"),
+            "lr_scaling": ("none", "linear", "sqrt"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise VaeganError(
+                    f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
+                )
+
     compile: bool = _f(False, "torch.compile the networks (CUDA)")
 
 

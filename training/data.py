@@ -98,13 +98,19 @@ class Dataset:
     def val_images(self) -> np.ndarray:
         return self.val.stacked()
 
-    def train_batch(self, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases."""
+    def train_batch(self, indices: np.ndarray, key: list[int], first: int = 0) -> np.ndarray:
+        """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases. The
+        window of the image at position ``first + j`` of a batch comes from its own generator
+        seeded by ``key + [first + j]``, so a rank loading positions 32..63 of a batch cuts
+        the same windows one rank loading all 64 would."""
         size = self.crop.size
         out = np.empty((len(indices), size, size, 3), np.uint8)
         for j, i in enumerate(indices):
             img = self.train[int(i)]
-            out[j] = img if img.shape[0] == size == img.shape[1] else random_window(img, size, rng)
+            if img.shape[0] == size == img.shape[1]:
+                out[j] = img
+            else:
+                out[j] = random_window(img, size, np.random.default_rng([*key, first + j]))
         return out
 
 

@@ -8,12 +8,19 @@ encoder (``backward(inputs=...)`` restricts each loss to its network's parameter
 Resume is exact: data order and crop positions are functions of (seed, step), and the
 torch RNG, optimisers and BatchNorm statistics travel in the checkpoint. Evaluation and
 sample grids draw from their own generators, so they never shift the training stream.
+
+Under torchrun the same loop runs data-parallel (``distributed.py``): ``batch_size`` is the
+global batch, each rank takes its contiguous share of every step's indices, crops and noise
+(all drawn for the whole batch from the shared seed), and only rank 0 writes. A run is the
+same computation on any number of ranks, which is what makes checkpoints world-size free.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -30,6 +37,7 @@ from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses as L
 from vaegan.training.config import TrainConfig, from_dict, to_dict
 from vaegan.training.data import Dataset, load_dataset
+from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.metrics import hist_chi2, mse, psnr
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
 
@@ -38,14 +46,6 @@ LN2 = math.log(2.0)
 
 class Divergence(VaeganError):
     pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeganError(f"device {name} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -57,10 +57,11 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 
 
 def balance(
-    real_logit: torch.Tensor, fake_logits: list[torch.Tensor], margin: float
+    real_logit: torch.Tensor, fake_logits: list[torch.Tensor], margin: float, dist: Dist = SINGLE
 ) -> tuple[bool, bool]:
     """Equilibrium balancing (seed 000: "training G and D based on loss thresholds"):
-    pause D when it is far better than chance, the decoder's GAN term when far worse."""
+    pause D when it is far better than chance, the decoder's GAN term when far worse.
+    The errors are averaged over ranks, so every rank takes the same decision."""
     if margin <= 0:
         return True, True
     real_logit, fake_logits = real_logit.detach(), [f.detach() for f in fake_logits]
@@ -73,6 +74,7 @@ def balance(
         )
         / len(fake_logits)
     )
+    real_err, fake_err = dist.mean([real_err, fake_err])
     train_dis = not (real_err < LN2 - margin or fake_err < LN2 - margin)
     train_dec = not (real_err > LN2 + margin or fake_err > LN2 + margin)
     return (True, True) if not (train_dis or train_dec) else (train_dis, train_dec)
@@ -80,9 +82,12 @@ def balance(
 
 class Nets(NamedTuple):
     model: VAEGAN
-    E: torch.nn.Module  # possibly torch.compile'd wrappers of model.encoder, ...
+    E: torch.nn.Module  # possibly DDP and torch.compile wrappers of model.encoder, ...
     G: torch.nn.Module
     D: torch.nn.Module
+    # D without DDP, for the encoder/decoder phase: D's parameters get no gradient there,
+    # and a DDP forward would wait for a gradient reduction that never comes.
+    D_local: torch.nn.Module | None = None
 
 
 class Optimizers(NamedTuple):
@@ -99,33 +104,45 @@ def train_step(
     autocast=None,
     step: int = 0,
     last_path: Path | None = None,
+    dist: Dist = SINGLE,
 ) -> L.Losses:
-    """One VAE-GAN step on a batch ``x`` in [-1, 1]; returns every loss term."""
+    """One VAE-GAN step on a batch ``x`` in [-1, 1] (this rank's share); returns every loss."""
     autocast = autocast or nullcontext()
     model = nets.model
+    D_local = nets.D if nets.D_local is None else nets.D_local
     with autocast:  # encode, reconstruct, and sample the prior
         mu, logvar = nets.E(x)
-        x_rec = nets.G(model.reparameterize(mu, logvar))
-        x_p = nets.G(model.sample_prior(x.shape[0]))
+        # Noise is drawn for the global batch and sliced, so N ranks see exactly the noise
+        # one rank would (on one rank this is randn_like(mu), then the prior's randn).
+        n, share = x.shape[0] * dist.world_size, dist.shard(x.shape[0] * dist.world_size)
+
+        def noise(dtype: torch.dtype) -> torch.Tensor:
+            return torch.randn(n, mu.shape[1], device=mu.device, dtype=dtype)[share]
+
+        x_rec = nets.G(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
+        x_p = nets.G(noise(torch.float32))
 
     # --- D phase: real vs (reconstructions, prior samples), fakes detached ---
     with autocast:
         real_logit, _ = nets.D(x)
         fake_logits = [nets.D(x_rec.detach())[0].float(), nets.D(x_p.detach())[0].float()]
         loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
-    _check_finite(step, {"gan_d": loss_d}, last_path)
-    train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin)
-    if train_dis:
+    _check_finite(step, {"gan_d": loss_d}, last_path, dist)
+    train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin, dist)
+    # Under DDP the backward runs even when D pauses: its forward already armed the gradient
+    # reduction, which every rank must complete.
+    if train_dis or dist.enabled:
         opts.dis.zero_grad(set_to_none=True)
         loss_d.backward()
+    if train_dis:
         opts.dis.step()
 
     # --- encoder/decoder phase against the updated D ---
     with autocast:
         with torch.no_grad():
-            _, f_real = nets.D(x)
-        rec_logit, f_rec = nets.D(x_rec)
-        p_logit, _ = nets.D(x_p)
+            _, f_real = D_local(x)
+        rec_logit, f_rec = D_local(x_rec)
+        p_logit, _ = D_local(x_p)
         kl = L.kl_prior(mu.float(), logvar.float())
         llike = L.llike_features(f_rec.float(), f_real.float())
         pixel = (
@@ -137,7 +154,7 @@ def train_step(
         if train_dec_gan:
             loss_g = loss_g + gan_g
     losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
-    _check_finite(step, losses._asdict(), last_path)
+    _check_finite(step, losses._asdict(), last_path, dist)
     opts.enc.zero_grad(set_to_none=True)
     opts.dec.zero_grad(set_to_none=True)
     # Each loss reaches only its own network: L_GAN never flows into the encoder.
@@ -200,7 +217,25 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) a run; returns the last validation metrics."""
+    """Train (or resume) a run; returns the last validation metrics. Under torchrun every
+    rank calls this; rank 0 alone writes the run folder."""
+    dist, device = setup(cfg.device)
+    try:
+        return _train(cfg, data_dir, run_dir, dist, device, resume=resume, progress=progress)
+    finally:
+        teardown()
+
+
+def _train(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    dist: Dist,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
     ds = load_dataset(data_dir)
     run_dir = Path(run_dir)
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
@@ -223,18 +258,27 @@ def train(
             f"{len(ds.train)} training images is fewer than batch_size {cfg.batch_size}; "
             "add images or lower it with --set batch_size=N"
         )
-    device = pick_device(cfg.device)
+    if cfg.batch_size % dist.world_size:
+        raise VaeganError(
+            f"batch_size {cfg.batch_size} is the global batch and must divide evenly over "
+            f"{dist.world_size} ranks; use a multiple of {dist.world_size}"
+        )
     cuda = device.type == "cuda"
+    main = dist.is_main
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same seed on every rank: same weights, same noise
     model = VAEGAN(cfg.model).to(device)
+    sync_bn = {"auto": dist.enabled, "on": True, "off": False}[cfg.sync_batchnorm]
+    if sync_bn and dist.enabled:  # global-batch statistics, as on one rank
+        model = convert_sync_batchnorm(model, device)
     E, G, D = model.encoder, model.decoder, model.discriminator
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     betas = (cfg.beta1, cfg.beta2)
-    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.lr_enc, betas=betas)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_dec, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_dis, betas=betas)
+    lr = lr_scale(cfg)
+    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.lr_enc * lr, betas=betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_dec * lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_dis * lr, betas=betas)
     fixed_z = torch.randn(
         cfg.num_samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)
     )
@@ -248,23 +292,26 @@ def train(
         opt_d.load_state_dict(state["opt_dis"])
         fixed_z, step = state["fixed_z"], int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_rng = state["rng"].get("cuda")
+        if cuda and cuda_rng is not None and len(cuda_rng):
+            # One state: every rank draws the same global noise on its own device.
+            torch.cuda.set_rng_state(cuda_rng[0] if isinstance(cuda_rng, list) else cuda_rng)
     fixed_z = fixed_z.to(device)
-    nets = Nets(model, *((torch.compile(m) for m in (E, G, D)) if cfg.compile else (E, G, D)))
+    nets = wrap_networks(model, dist, device, cfg.compile, broadcast_buffers=not sync_bn)
     opts = Optimizers(opt_e, opt_g, opt_d)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
 
-    writer = _summary_writer(run_dir / "tb")
+    writer = _summary_writer(run_dir / "tb") if main else None
     metrics_path = run_dir / "metrics.jsonl"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     last_metrics: dict[str, Any] = {}
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         cpu_rng = {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+            "cuda": [torch.cuda.get_rng_state(device)] if cuda else [],
         }
         payload = {
             "format_version": ckpt.FORMAT_VERSION,
@@ -309,24 +356,33 @@ def train(
     bar = tqdm(
         total=cfg.steps,
         initial=step,
-        desc="train",
+        desc="train" if not dist.enabled else f"train x{dist.world_size} ranks",
         unit="step",
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
     )
     t_window, n_window = time.perf_counter(), 0
+    share = dist.shard(cfg.batch_size)
+    stop = _StopRequest()
     try:
         while step < cfg.steps:
-            idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)
-            x_np = ds.train_batch(idx, np.random.default_rng([cfg.seed, step, 1]))
+            if dist.any(stop.requested):  # every rank leaves at the same step
+                if main:
+                    save(step, last_metrics)
+                    bar.write(
+                        f"stopped by signal at step {step}; checkpoint saved, continue with --resume"
+                    )
+                break
+            idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)[share]
+            x_np = ds.train_batch(idx, [cfg.seed, step, 1], first=share.start)
             x = from_pixels(torch.from_numpy(x_np)).to(device, non_blocking=True)
             if cuda and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
 
-            losses = train_step(nets, opts, x, cfg, autocast, step, last_path)
+            losses = train_step(nets, opts, x, cfg, autocast, step, last_path, dist)
 
             step += 1
-            n_window += x.shape[0]
+            n_window += x.shape[0] * dist.world_size
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 vals = losses.as_floats()
@@ -344,24 +400,76 @@ def train(
                     writer.add_scalar("train/images_per_second", ips, step)
                 t_window, n_window = time.perf_counter(), 0
             evaluated = step % cfg.eval_every == 0 or step == cfg.steps
-            if evaluated:
+            if evaluated and main:
                 last_metrics = run_eval(step)
                 bar.write(_format_metrics(last_metrics))
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and main:
                 save(step, last_metrics)
             if evaluated:  # the pause for eval and saving is not training throughput
+                dist.barrier()
                 t_window, n_window = time.perf_counter(), 0
     finally:
+        stop.restore()
         bar.close()
         if writer:
             writer.close()
     return last_metrics
 
 
-def _check_finite(step: int, values: dict[str, torch.Tensor], last_path: Path | None) -> None:
-    """The divergence guard: stop before a NaN/Inf loss can reach the weights."""
+def lr_scale(cfg: TrainConfig) -> float:
+    """The explicit learning-rate rule for batch sizes other than ``lr_reference_batch``."""
+    ratio = cfg.batch_size / cfg.lr_reference_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def wrap_networks(
+    model: VAEGAN, dist: Dist, device: torch.device, compile: bool, broadcast_buffers: bool
+) -> Nets:
+    """The networks as the step calls them: DDP around each (gradients averaged over ranks
+    during backward), torch.compile around that when asked."""
+    E, G, D = model.encoder, model.decoder, model.discriminator
+    if not dist.enabled:
+        E, G, D = (torch.compile(m) for m in (E, G, D)) if compile else (E, G, D)
+        return Nets(model, E, G, D)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    wrapped = [DDP(m, device_ids=ids, broadcast_buffers=broadcast_buffers) for m in (E, G, D)]
+    if compile:
+        wrapped = [torch.compile(m) for m in wrapped]
+        D = torch.compile(D)
+    return Nets(model, *wrapped, D_local=D)
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT end the run at the next step boundary with a checkpoint, instead of
+    killing it mid-write (torchrun forwards both to every rank)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: the user means it
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(
+    step: int, values: dict[str, torch.Tensor], last_path: Path | None, dist: Dist = SINGLE
+) -> None:
+    """The divergence guard: stop before a NaN/Inf loss can reach the weights (on every rank
+    at once: a rank that stopped alone would leave the others waiting in a collective)."""
     bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
-    if bad:
+    if dist.any(bool(bad)):
+        bad = bad or ["a loss on another rank"]
         where = (
             f"last good checkpoint: {last_path}"
             if last_path is not None and last_path.exists()

@@ -4,6 +4,7 @@ only inside the subcommand that needs them, so ``vaegan --help`` is instant."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,18 @@ def _prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -42,6 +55,10 @@ def _train(a: argparse.Namespace) -> int:
     from vaegan.training.config import apply_overrides, preset
     from vaegan.training.train import config_from_checkpoint, train
 
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from vaegan.training.distributed import launch
+
+        return launch(a.nproc, _without_nproc(sys.argv[1:]))
     if a.resume:
         cfg = config_from_checkpoint(Path(a.out) / "checkpoints" / LAST)
         cfg = apply_overrides(cfg, a.set, allow_model=False)
@@ -50,6 +67,8 @@ def _train(a: argparse.Namespace) -> int:
     if a.steps is not None:
         cfg = apply_overrides(cfg, [f"steps={a.steps}"])
     m = train(cfg, a.data, a.out, resume=a.resume, progress=not a.quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(
         f"done: {a.out}/checkpoints/last.pt"
         + (
@@ -323,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FIELD=VALUE",
         help="override one config field (repeatable); see the list below",
+    )
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N ranks of this machine (one per GPU, or CPU processes with gloo) by "
+        "re-running this command under torchrun; batch_size stays the global batch",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
