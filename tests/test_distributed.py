@@ -136,3 +136,70 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_on_four(
         one_rank / ckpt.step_name(2),
     )
     assert gap < 1e-3, gap
+
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _world(*args: str, n: int = 2) -> list[subprocess.Popen]:
+    """``n`` ranks started by hand (no torchrun), so one of them can be given a fault."""
+    from vaegan.export.local_triton import free_port
+
+    port = str(free_port())
+    procs = []
+    for rank in range(n):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    out = []
+    for p in procs:
+        text, _ = p.communicate(timeout=120)  # a rank left waiting in a collective would hang
+        assert p.returncode == 2, text[-2000:]
+        out.append(text.strip().splitlines()[-1])
+    return out
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(dataset, tmp_path):
+    run = tmp_path / "run"
+    lines = _finish(_world(str(dataset), str(run), "10", "nan-on-rank-1"))
+    # Rank 1's KL turns NaN on its third step; rank 0's losses are finite, yet it stops too.
+    assert all(line.startswith("Divergence: training diverged at step 3") for line in lines), lines
+    assert ckpt.load(run / "checkpoints" / ckpt.LAST)["step"] == 2  # the NaN never reached disk
+
+
+def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(dataset, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    procs = _world(str(dataset), str(run), "100000")
+    first = run / "checkpoints" / ckpt.step_name(1)
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # what torchrun or the kubelet sends
+    lines = _finish(procs)
+    assert all(line.startswith("Stopped: stopped by a signal at step") for line in lines), lines
+    step = int(lines[0].split("at step ")[1].split(";")[0])
+    assert lines[0] == lines[1]  # the same step on both ranks
+    assert ckpt.load(run / "checkpoints" / ckpt.LAST)["step"] == step

@@ -48,6 +48,11 @@ class Divergence(VaeganError):
     pass
 
 
+class Stopped(VaeganError):
+    """SIGTERM/SIGINT ended the run early, after a checkpoint. Not a success: a Job that
+    restarts the pod must resume, not consider the training done."""
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Indices of step ``step``: epochs are seeded permutations, the remainder dropped."""
     per_epoch = n // batch_size
@@ -369,10 +374,10 @@ def _train(
             if dist.any(stop.requested):  # every rank leaves at the same step
                 if main:
                     save(step, last_metrics)
-                    bar.write(
-                        f"stopped by signal at step {step}; checkpoint saved, continue with --resume"
-                    )
-                break
+                raise Stopped(
+                    f"stopped by a signal at step {step}; {last_path} holds it, "
+                    "continue with --resume"
+                )
             idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)[share]
             x_np = ds.train_batch(idx, [cfg.seed, step, 1], first=share.start)
             x = from_pixels(torch.from_numpy(x_np)).to(device, non_blocking=True)

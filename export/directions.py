@@ -1,0 +1,82 @@
+"""Latent directions stored with the model version they belong to:
+``REPO/vaegan_decoder/<version>/directions.json``, beside that version's ``facts.json``.
+
+The file names the exact encoder and decoder graphs (their ONNX digests) it was computed
+with, so a file copied to another version, or left behind by a re-export, is refused
+instead of silently steering a different latent space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from vaegan import interface as api
+from vaegan.errors import NotFound, VaeganError
+from vaegan.export.repository import versions_on_disk
+from vaegan.latent import Direction
+
+FILE = "directions.json"
+
+
+def resolve_version(repo: Path, version: str = "") -> str:
+    found = versions_on_disk(Path(repo) / api.DECODER_MODEL)
+    if not found:
+        raise NotFound(f"{repo} has no exported {api.DECODER_MODEL} version")
+    if not version:
+        return str(found[-1])
+    if int(version) not in found:
+        raise NotFound(f"{repo}: no model version {version} (have {', '.join(map(str, found))})")
+    return version
+
+
+def identity(repo: Path, version: str) -> dict[str, str]:
+    """What makes a model version itself: its graphs' digests."""
+    out = {"model_version": version}
+    for model in (api.ENCODER_MODEL, api.DECODER_MODEL):
+        facts_path = Path(repo) / model / version / "facts.json"
+        try:
+            facts = json.loads(facts_path.read_text())
+        except (OSError, ValueError):
+            raise NotFound(
+                f"{facts_path} is missing or unreadable; export this version again"
+            ) from None
+        out[f"{model}_onnx_sha256"] = facts.get("onnx_sha256", "")
+    return out
+
+
+def load(repo: str | Path, version: str) -> dict[str, Direction]:
+    """The directions of one version ({} when it has none); refuses another version's file."""
+    repo = Path(repo)
+    path = repo / api.DECODER_MODEL / version / FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise VaeganError(f"{path}: not valid JSON ({e})") from None
+    expected = identity(repo, version)
+    if data.get("model") != expected:
+        raise VaeganError(
+            f"{path} belongs to another model ({data.get('model')}), not version {version} "
+            f"({expected}); recompute the directions with 'vaegan attributes add'"
+        )
+    return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
+
+
+def save(repo: str | Path, version: str, directions: dict[str, Direction]) -> Path:
+    """Write the version's directions atomically (readers see the old or the new file)."""
+    repo = Path(repo)
+    path = repo / api.DECODER_MODEL / version / FILE
+    data = {
+        "model": identity(repo, version),
+        "directions": {n: d.to_dict() for n, d in sorted(directions.items())},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".directions-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,150 @@
+"""Latent directions: the arithmetic, where they are stored, and the CLI on a real export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shapes_folder
+from PIL import Image
+
+from vaegan.cli import main
+from vaegan.errors import InvalidInput, NotFound, VaeganError
+from vaegan.export import directions as store
+from vaegan.latent import (
+    Direction,
+    analogy,
+    attribute_direction,
+    edit,
+    principal_directions,
+    roc_auc,
+    sweep,
+)
+
+
+def test_roc_auc_matches_counting_pairs_with_ties_as_half():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 4, 20).astype(float)
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert roc_auc(pos, neg) == pytest.approx(np.mean(pairs))
+
+
+def test_attribute_direction_is_the_unit_gap_between_the_means():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, (40, 6)) + np.array([3, 0, 0, 0, 0, 0])
+    b = rng.normal(0, 1, (30, 6))
+    d = attribute_direction("x", a, b)
+    gap = a.mean(0) - b.mean(0)
+    assert np.allclose(d.array(), gap / np.linalg.norm(gap), atol=1e-6)
+    assert d.scale == pytest.approx(np.linalg.norm(gap)) and d.counts == {"with": 40, "without": 30}
+    assert d.auc > 0.95
+
+
+def test_too_few_images_for_a_direction_are_refused():
+    with pytest.raises(InvalidInput, match="3 images without it; at least 8"):
+        attribute_direction("x", np.ones((10, 4)), np.zeros((3, 4)))
+
+
+def test_principal_directions_are_orthonormal_and_ordered_by_variance():
+    rng = np.random.default_rng(2)
+    mu = rng.normal(0, 1, (500, 5)) * [5, 3, 1, 0.5, 0.1]
+    pcs = principal_directions(mu, 3)
+    v = np.stack([d.array() for d in pcs])
+    assert np.allclose(v @ v.T, np.eye(3), atol=1e-5)
+    assert abs(v[0, 0]) > 0.99 and abs(v[1, 1]) > 0.99  # the axes of largest spread
+    assert [d.name for d in pcs] == ["pc1", "pc2", "pc3"]
+    assert pcs[0].scale == pytest.approx(5, rel=0.1)  # weight 1 = one standard deviation
+    assert pcs[0].explained_variance > pcs[1].explained_variance > pcs[2].explained_variance
+
+
+def test_edit_sweep_and_analogy_move_along_the_named_directions():
+    d = Direction("up", [0.0, 1.0], "attribute", scale=2.0)
+    z = np.zeros((1, 2), np.float32)
+    assert np.allclose(edit(z, {"up": d}, {"up": 1.5}), [[0, 3]])
+    assert np.allclose(sweep(z, d, [-1, 0, 1]), [[0, -2], [0, 0], [0, 2]])
+    with pytest.raises(NotFound, match=r"no direction 'down'.*known: up"):
+        edit(z, {"up": d}, {"down": 1})
+    a, b, c = np.array([[1.0, 1]]), np.array([[1.0, 0]]), np.array([[0.0, 0], [2, 0]])
+    assert np.allclose(analogy(a, b, c), [1, 1])
+
+
+@pytest.fixture
+def own_repo(repo, tmp_path) -> Path:
+    """A private copy of the exported tiny model: these tests write directions into it."""
+    return Path(shutil.copytree(repo, tmp_path / "repo"))
+
+
+@pytest.fixture(scope="module")
+def discs_and_squares(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("attr")
+    everything = shapes_folder(base / "all", n=40, seed=7)
+    discs, squares = base / "discs", base / "squares"
+    discs.mkdir(), squares.mkdir()
+    for i, p in enumerate(sorted(everything.iterdir())):  # odd: disc, even: square
+        shutil.copy(p, (discs if i % 2 else squares) / p.name)
+    return discs, squares
+
+
+def test_attributes_add_stores_the_direction_with_its_version(own_repo, discs_and_squares, capsys):
+    discs, squares = discs_and_squares
+    args = ["attributes", "add", "round", "--with", str(discs), "--without", str(squares)]
+    assert main([*args, "--repository", str(own_repo)]) == 0
+    assert "20 images with, 20 without" in capsys.readouterr().out
+    saved = json.loads((own_repo / "vaegan_decoder" / "1" / "directions.json").read_text())
+    assert saved["model"]["model_version"] == "1"
+    assert saved["model"]["vaegan_decoder_onnx_sha256"]
+    d = saved["directions"]["round"]
+    assert d["kind"] == "attribute" and len(d["vector"]) == 16
+    assert np.linalg.norm(d["vector"]) == pytest.approx(1, abs=1e-5)
+    assert main(["attributes", "list", "--repository", str(own_repo)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert list(listed["directions"]) == ["round"] and "vector" not in listed["directions"]["round"]
+
+
+def test_a_directions_file_from_another_version_is_refused(own_repo, discs_and_squares):
+    discs, squares = discs_and_squares
+    from vaegan.export.latent_tools import add_attribute
+
+    add_attribute(own_repo, "round", discs, squares)
+    # A re-export as version 2 (other graphs), with version 1's file carried along.
+    for model in ("vaegan_encoder", "vaegan_decoder"):
+        shutil.copytree(own_repo / model / "1", own_repo / model / "2")
+        facts = own_repo / model / "2" / "facts.json"
+        facts.write_text(json.dumps({**json.loads(facts.read_text()), "onnx_sha256": "other"}))
+    with pytest.raises(VaeganError, match="belongs to another model"):
+        store.load(own_repo, "2")
+    assert list(store.load(own_repo, "1")) == ["round"]
+
+
+def test_too_few_images_exit_2_and_write_nothing(own_repo, discs_and_squares, tmp_path, capsys):
+    discs, _ = discs_and_squares
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(discs.iterdir())[:3]:
+        shutil.copy(p, few / p.name)
+    args = ["attributes", "add", "round", "--with", str(discs), "--without", str(few)]
+    assert main([*args, "--repository", str(own_repo)]) == 2
+    assert "3 images without it; at least 8" in capsys.readouterr().err
+    assert not (own_repo / "vaegan_decoder" / "1" / "directions.json").exists()
+
+
+def test_sweep_writes_one_row_per_image_and_one_column_per_weight(
+    own_repo, discs_and_squares, tmp_path
+):
+    discs, squares = discs_and_squares
+    from vaegan.export.latent_tools import add_attribute
+
+    add_attribute(own_repo, "round", discs, squares)
+    images = [str(p) for p in sorted(squares.iterdir())[:3]]
+    out = tmp_path / "sweep.png"
+    args = ["sweep", *images, "--direction", "round", "--steps", "5", "--out", str(out)]
+    assert main([*args, "--repository", str(own_repo)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[0] > grid.shape[1] / 5 * 2  # 3 rows of 32 px tiles, 5 columns
+    assert (
+        main([*args[:-2], "--direction", "pc9", "--out", str(out), "--repository", str(own_repo)])
+        == 2
+    )
