@@ -81,12 +81,16 @@ demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, trai
 	$(BIN)/vaegan prepare $(OUT)/demo_images --out $(OUT)/demo_data --center-crop --overwrite
 	rm -rf $(OUT)/demo_run
 	$(BIN)/vaegan train --data $(OUT)/demo_data --out $(OUT)/demo_run --preset cpu-demo
-	$(BIN)/vaegan export --checkpoint $(OUT)/demo_run/checkpoints/last.pt --repository $(OUT)/demo_repository --backend python
+	$(BIN)/vaegan export --checkpoint $(OUT)/demo_run/checkpoints/last.pt --repository $(OUT)/demo_repository --backend python --data $(OUT)/demo_data
+	$(BIN)/vaegan attributes add face --with $(OUT)/demo_images/faces --without $(OUT)/demo_images/animals --repository $(OUT)/demo_repository --holdout 0.25
+	$(BIN)/vaegan sweep $$(ls -d $(OUT)/demo_images/animals/* | head -4) --direction face --range -1 2 --repository $(OUT)/demo_repository --out $(OUT)/demo_sweep_face.png
+	$(BIN)/vaegan sweep $$(ls -d $(OUT)/demo_images/faces/* | head -4) --direction pc1 --range -2 2 --repository $(OUT)/demo_repository --out $(OUT)/demo_sweep_pc1.png
 	@echo
 	@echo "Metrics:        $(OUT)/demo_run/metrics.jsonl"
 	@echo "Sample grids:   $$(ls $(OUT)/demo_run/samples/*_samples.png | tail -1)"
 	@echo "Reconstructions (original | reconstruction): $$(ls $(OUT)/demo_run/samples/*_recon.png | tail -1)"
 	@echo "TensorBoard:    $(BIN)/tensorboard --logdir $(OUT)/demo_run/tb"
+	@echo "Latent sweeps:  $(OUT)/demo_sweep_face.png (animals + face), $(OUT)/demo_sweep_pc1.png"
 	@echo "Triton model repository: $(OUT)/demo_repository (serve it with: make triton)"
 	$(BIN)/python scripts/serve_demo.py --repository $(OUT)/demo_repository --images $(OUT)/demo_images --out $(OUT)
 

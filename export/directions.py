@@ -66,17 +66,18 @@ def load(repo: str | Path, version: str) -> dict[str, Direction]:
     return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
 
 
+def file_bytes(model: dict[str, str], directions: dict[str, Direction]) -> bytes:
+    """The file's content for the model ``identity`` (so export can write it with the version)."""
+    data = {"model": model, "directions": {n: d.to_dict() for n, d in sorted(directions.items())}}
+    return (json.dumps(data, indent=1) + "\n").encode()
+
+
 def save(repo: str | Path, version: str, directions: dict[str, Direction]) -> Path:
     """Write the version's directions atomically (readers see the old or the new file)."""
     repo = Path(repo)
     path = repo / api.DECODER_MODEL / version / FILE
-    data = {
-        "model": identity(repo, version),
-        "directions": {n: d.to_dict() for n, d in sorted(directions.items())},
-    }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".directions-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+    with os.fdopen(fd, "wb") as f:
+        f.write(file_bytes(identity(repo, version), directions))
     os.replace(tmp, path)
     return path

@@ -18,6 +18,7 @@ from typing import Any
 
 from vaegan import interface as api
 from vaegan.errors import VaeganError
+from vaegan.export import directions
 from vaegan.export import repository as repo_mod
 from vaegan.export.onnx_graphs import export_graphs
 from vaegan.export.repository import BACKENDS, BatchingOptions, ModelSpec
@@ -39,6 +40,9 @@ class ExportOptions:
     trt_profile: Profile = field(default_factory=Profile)
     execution_env: str | None = None  # python backend; None = default_execution_env()
     intra_op_threads: int = 0
+    data: str | None = None  # prepared dataset: principal directions of its encodings
+    principal_directions: int = 8  # how many (pc1..pcK)
+    pca_images: int = 4096  # at most this many training images, sampled
 
 
 def default_execution_env() -> str:
@@ -87,6 +91,29 @@ def load_model(checkpoint: str | Path) -> tuple[VAEGAN, dict[str, Any]]:
     return model.eval(), state
 
 
+def _principal_directions(model: VAEGAN, opts: ExportOptions, log) -> list:
+    """pc1..pcK of the encoder's mu over (a sample of) the prepared training set."""
+    import numpy as np
+    import torch
+
+    from vaegan.latent import principal_directions
+    from vaegan.training.data import load_dataset
+    from vaegan.training.model import from_pixels
+
+    ds = load_dataset(opts.data)
+    n = len(ds.train)
+    idx = np.sort(np.random.default_rng(0).permutation(n)[: opts.pca_images])
+    mus = []
+    with torch.no_grad():
+        for chunk in np.array_split(idx, max(1, len(idx) // 256)):
+            x = np.stack([ds.center_crop(int(i)) for i in chunk])
+            mus.append(model.encode(from_pixels(torch.from_numpy(x)))[0].numpy())
+    pcs = principal_directions(np.concatenate(mus), opts.principal_directions)
+    shares = ", ".join(f"{d.name} {d.explained_variance:.1%}" for d in pcs)
+    log(f"principal directions of {len(idx)} training encodings: {shares}")
+    return pcs
+
+
 def export(
     checkpoint: str | Path, repository: str | Path, opts: ExportOptions, log=print
 ) -> dict[str, Any]:
@@ -118,6 +145,10 @@ def export(
         f"(limit {p['decoder_pixel_tolerance']}), encoder max |mu diff| {p['encoder_max_mu_diff']:.2e} "
         f"(limit {p['encoder_mu_tolerance']:.1e}), max |logvar diff| {p['encoder_max_logvar_diff']:.2e}"
     )
+
+    pcs = _principal_directions(model, opts, log) if opts.data else []
+    if not opts.data:
+        log("no --data: principal directions not computed (sliders come only from attributes)")
 
     plans = []
     for role, name, onnx_bytes in (
@@ -162,6 +193,13 @@ def export(
             "parity": graphs.parity,
         }
         plans.append(repo_mod.plan_model(repository, spec, files, facts))
+    if pcs and plans[0].version == plans[1].version:  # written with the version, atomically
+        identity = {"model_version": str(plans[1].version)}
+        for plan, model_name in zip(plans, (api.ENCODER_MODEL, api.DECODER_MODEL), strict=True):
+            identity[f"{model_name}_onnx_sha256"] = plan.facts["onnx_sha256"]
+        plans[1].files[directions.FILE] = directions.file_bytes(identity, {d.name: d for d in pcs})
+    elif pcs:
+        log("encoder and decoder versions differ: principal directions not stored")
     written = [repo_mod.write_model(plan) for plan in plans]
     for path in written:
         log(f"wrote {path}")

@@ -148,3 +148,23 @@ def test_sweep_writes_one_row_per_image_and_one_column_per_weight(
         main([*args[:-2], "--direction", "pc9", "--out", str(out), "--repository", str(own_repo)])
         == 2
     )
+
+
+def test_export_with_data_stores_principal_directions_with_the_new_version(
+    tiny_checkpoint, shapes_dataset, tmp_path
+):
+    from vaegan.export.export import ExportOptions, export
+
+    opts = ExportOptions(backend="onnxruntime", data=str(shapes_dataset), principal_directions=3)
+    export(tiny_checkpoint, tmp_path / "repo", opts, log=lambda *_: None)
+    found = store.load(tmp_path / "repo", "1")  # checked against the version's graphs
+    assert [found[n].kind for n in ("pc1", "pc2", "pc3")] == ["principal"] * 3
+    assert found["pc1"].counts == {"images": 48}
+    assert found["pc1"].explained_variance >= found["pc2"].explained_variance
+    export(
+        tiny_checkpoint,
+        tmp_path / "repo",
+        ExportOptions(backend="onnxruntime"),
+        log=lambda *_: None,
+    )
+    assert store.load(tmp_path / "repo", "2") == {}  # no --data: no directions, none borrowed

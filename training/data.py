@@ -98,6 +98,12 @@ class Dataset:
     def val_images(self) -> np.ndarray:
         return self.val.stacked()
 
+    def center_crop(self, i: int) -> np.ndarray:
+        """Training image ``i`` as serving sees it: a stored crop, or a canvas's centre window."""
+        img, size = self.train[int(i)], self.crop.size
+        top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+        return img[top : top + size, left : left + size]
+
     def train_batch(self, indices: np.ndarray, key: list[int], first: int = 0) -> np.ndarray:
         """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases. The
         window of the image at position ``first + j`` of a batch comes from its own generator

@@ -108,6 +108,8 @@ def _export(a: argparse.Namespace) -> int:
         trt_profile=Profile(a.trt_min_batch, a.trt_opt_batch, a.trt_max_batch),
         execution_env=a.execution_env,
         intra_op_threads=a.intra_op_threads,
+        data=a.data,
+        principal_directions=a.principal_directions,
     )
     export(a.checkpoint, a.repository, opts)
     return 0
@@ -492,6 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="python backend: ONNX Runtime threads per instance (default 0 = its own choice)",
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        metavar="DATA_DIR",
+        help="the prepared training set: store the principal directions (pc1..pcK) of its "
+        "encodings with the version, as sliders that need no labelled images",
+    )
+    e.add_argument(
+        "--principal-directions",
+        type=int,
+        default=8,
+        metavar="K",
+        help="how many principal directions with --data (default 8)",
     )
     e.set_defaults(func=_export)
 
