@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vaegan import interface as api
-from vaegan.errors import NotFound, VaeganError
+from vaegan.errors import FailedPrecondition, NotFound, VaeganError
 from vaegan.export.repository import versions_on_disk
 from vaegan.latent import Direction
 
@@ -59,7 +59,7 @@ def load(repo: str | Path, version: str) -> dict[str, Direction]:
         raise VaeganError(f"{path}: not valid JSON ({e})") from None
     expected = identity(repo, version)
     if data.get("model") != expected:
-        raise VaeganError(
+        raise FailedPrecondition(
             f"{path} belongs to another model ({data.get('model')}), not version {version} "
             f"({expected}); recompute the directions with 'vaegan attributes add'"
         )

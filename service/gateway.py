@@ -4,10 +4,14 @@ deadlines, and the model facts used to validate requests. Array in, array out.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
+from vaegan import interface as api
 from vaegan.errors import InvalidInput
+from vaegan.export import directions as directions_store
+from vaegan.latent import Direction
 from vaegan.service.backends import Backend, ModelMeta
 from vaegan.service.batching import Batcher, DeadlineExceeded
 from vaegan.service.metrics import Metrics
@@ -18,9 +22,23 @@ class Gateway:
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._directions: dict[str, tuple[int | None, dict[str, Direction]]] = {}
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
         return await self.backend.meta(role, version)
+
+    def directions(self, version: str) -> dict[str, Direction]:
+        """The latent directions of a decoder version (re-read when the file changes)."""
+        root = self.settings.directions_repository or self.settings.model_repository
+        if not root:
+            return {}
+        path = Path(root) / api.DECODER_MODEL / version / directions_store.FILE
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        cached = self._directions.get(version)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, directions_store.load(root, version) if stamp is not None else {})
+            self._directions[version] = cached
+        return cached[1]
 
     async def run(
         self, role: str, meta: ModelMeta, array: np.ndarray, deadline: float | None

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from vaegan import latent
 from vaegan.errors import InvalidInput
 from vaegan.service import codecs
 from vaegan.service.gateway import Gateway
@@ -129,27 +130,12 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             raise InvalidInput(f"method: unknown value {method}")
         deadline = _deadline(context)
         dmeta = await self.g.meta("decoder", request.model_version)
-        vectors = np.zeros((len(keys), dmeta.latent_dim), np.float32)
-        image_at = [i for i, k in enumerate(keys) if k.WhichOneof("kind") == "image"]
-        for i, k in enumerate(keys):
-            kind = k.WhichOneof("kind")
-            if kind == "embedding":
-                vectors[i] = codecs.embedding(
-                    k.embedding, dmeta.latent_dim, f"keyframes[{i}].embedding"
-                )
-            elif kind != "image":
-                raise InvalidInput(f"keyframes[{i}]: set either embedding or image")
-        response = pb.InterpolateResponse(decoder_version=dmeta.version)
-        if image_at:
-            emeta = await self.g.meta("encoder", request.model_version)
-            if emeta.latent_dim != dmeta.latent_dim:
-                raise InvalidInput(
-                    f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
-                )
-            x = await self._decode([keys[i].image for i in image_at], emeta, "keyframes.image")
-            mu = (await self.g.run("encoder", emeta, x, deadline))["mu"]
-            vectors[image_at] = mu
-            response.encoder_version = emeta.version
+        vectors, encoder_version = await self._vectors(
+            keys, dmeta, request.model_version, deadline, "keyframes"
+        )
+        response = pb.InterpolateResponse(
+            decoder_version=dmeta.version, encoder_version=encoder_version
+        )
         z = codecs.path(
             vectors, request.steps, spherical=method == pb.INTERPOLATION_METHOD_SPHERICAL
         )
@@ -157,6 +143,114 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         response.images.extend(codecs.encode_images(pixels, request.output))
         response.embeddings.extend(codecs.to_embeddings(z))
         return response
+
+    async def _vectors(
+        self, keys, dmeta, version: str, deadline, field: str
+    ) -> tuple[np.ndarray, str]:
+        """Keyframes (embeddings, or images encoded to their mu) -> [N, latent] and the
+        encoder version used ("" when no image was given)."""
+        vectors = np.zeros((len(keys), dmeta.latent_dim), np.float32)
+        image_at = []
+        for i, k in enumerate(keys):
+            kind = k.WhichOneof("kind")
+            if kind == "embedding":
+                vectors[i] = codecs.embedding(
+                    k.embedding, dmeta.latent_dim, f"{field}[{i}].embedding"
+                )
+            elif kind == "image":
+                image_at.append(i)
+            else:
+                raise InvalidInput(f"{field}[{i}]: set either embedding or image")
+        if not image_at:
+            return vectors, ""
+        emeta = await self.g.meta("encoder", version)
+        if emeta.latent_dim != dmeta.latent_dim:
+            raise InvalidInput(
+                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
+            )
+        x = await self._decode([keys[i].image for i in image_at], emeta, f"{field}.image")
+        vectors[image_at] = (await self.g.run("encoder", emeta, x, deadline))["mu"]
+        return vectors, emeta.version
+
+    async def ListAttributes(
+        self, request: pb.ListAttributesRequest, context
+    ) -> pb.ListAttributesResponse:
+        dmeta = await self.g.meta("decoder", request.model_version)
+        found = self.g.directions(dmeta.version)
+        return pb.ListAttributesResponse(
+            decoder_version=dmeta.version,
+            attributes=[
+                pb.Attribute(
+                    name=d.name,
+                    kind=d.kind,
+                    scale=d.scale,
+                    counts=d.counts,
+                    auc=d.auc,
+                    explained_variance=d.explained_variance,
+                )
+                for d in sorted(found.values(), key=lambda d: (d.kind, d.name))
+            ],
+        )
+
+    async def Edit(self, request: pb.EditRequest, context) -> pb.EditResponse:
+        s = self.g.settings
+        deadline = _deadline(context)
+        dmeta = await self.g.meta("decoder", request.model_version)
+        found = self.g.directions(dmeta.version)
+        sweeping = request.HasField("sweep")
+        if sweeping == bool(request.weights):
+            raise InvalidInput("set either weights ({direction: weight}) or sweep, not both")
+        if not request.HasField("source"):
+            raise InvalidInput("source: an image or an embedding is required")
+        for name, w in request.weights.items():
+            if not np.isfinite(w):
+                raise InvalidInput(f"weights[{name!r}]: {w} is not a finite number")
+            latent.lookup(found, name)
+        z, encoder_version = await self._vectors(
+            [request.source], dmeta, request.model_version, deadline, "source"
+        )
+        weights: list[float] = []
+        if sweeping:
+            sw = request.sweep
+            if not 2 <= sw.steps <= s.max_items:
+                raise InvalidInput(f"sweep.steps: {sw.steps}; expected 2..{s.max_items}")
+            if not (np.isfinite(sw.low) and np.isfinite(sw.high)):
+                raise InvalidInput("sweep.low and sweep.high must be finite numbers")
+            weights = np.linspace(sw.low, sw.high, sw.steps, dtype=np.float32).tolist()
+            z = latent.sweep(z, latent.lookup(found, sw.name), np.asarray(weights))
+        else:
+            z = latent.edit(z, found, dict(request.weights))
+        pixels = (await self.g.run("decoder", dmeta, z, deadline))["image"]
+        return pb.EditResponse(
+            images=codecs.encode_images(pixels, request.output),
+            embeddings=codecs.to_embeddings(z),
+            sweep_weights=weights,
+            encoder_version=encoder_version,
+            decoder_version=dmeta.version,
+        )
+
+    async def Analogy(self, request: pb.AnalogyRequest, context) -> pb.AnalogyResponse:
+        deadline = _deadline(context)
+        dmeta = await self.g.meta("decoder", request.model_version)
+        terms, versions = [], set()
+        for field in ("a", "b", "c"):
+            items = getattr(request, field).items
+            if not items:
+                raise InvalidInput(f"{field}: at least one image or embedding is required")
+            self.g.check_items(len(items), f"{field}.items")
+            vectors, version = await self._vectors(
+                items, dmeta, request.model_version, deadline, f"{field}.items"
+            )
+            terms.append(vectors)
+            versions.add(version)
+        z = latent.analogy(*terms)[None]
+        pixels = (await self.g.run("decoder", dmeta, z, deadline))["image"]
+        return pb.AnalogyResponse(
+            image=codecs.encode_images(pixels, request.output)[0],
+            embedding=codecs.to_embeddings(z)[0],
+            encoder_version=max(versions),
+            decoder_version=dmeta.version,
+        )
 
     async def _decode_path(self, meta, z: np.ndarray, deadline) -> np.ndarray:
         # One decoder call per max_batch_size frames (a single call for paths that fit).

@@ -24,6 +24,10 @@ class Settings:
     encoder_model: str = api.ENCODER_MODEL
     decoder_model: str = api.DECODER_MODEL
     model_version: str = ""  # pin a version; "" = the newest the backend serves
+    # Where latent directions are read (REPO/vaegan_decoder/<version>/directions.json):
+    # default the embedded backend's --model-repository; with --triton-url, Triton's
+    # repository mounted read-only.
+    directions_repository: str | None = None
     batching: bool = True  # coalesce concurrent requests into one backend call
     max_batch_size: int = 64  # items per backend call
     max_wait_ms: float = 2.0  # how long a batch waits to fill

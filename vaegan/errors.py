@@ -32,6 +32,13 @@ class NotFound(VaeganError):
     grpc_code = "NOT_FOUND"
 
 
+class FailedPrecondition(VaeganError):
+    """The request is fine but the server's state is not (e.g. a directions file that
+    belongs to another model version): fixed by an operator, not by retrying."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class ImageRejected(InvalidInput):
     """An image that cannot be used; ``reason`` is a short stable key for reports."""
 

@@ -217,3 +217,119 @@ class ModelInfo(_message.Message):
     backend: str
     limits: Limits
     def __init__(self, latent_dim: _Optional[int] = ..., image_size: _Optional[int] = ..., crop_mode: _Optional[str] = ..., crop_fraction: _Optional[float] = ..., encoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., decoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., backend: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class ListAttributesRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class Attribute(_message.Message):
+    __slots__ = ("name", "kind", "scale", "counts", "auc", "explained_variance")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    scale: float
+    counts: _containers.ScalarMap[str, int]
+    auc: float
+    explained_variance: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., scale: _Optional[float] = ..., counts: _Optional[_Mapping[str, int]] = ..., auc: _Optional[float] = ..., explained_variance: _Optional[float] = ...) -> None: ...
+
+class ListAttributesResponse(_message.Message):
+    __slots__ = ("attributes", "decoder_version")
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DECODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    attributes: _containers.RepeatedCompositeFieldContainer[Attribute]
+    decoder_version: str
+    def __init__(self, attributes: _Optional[_Iterable[_Union[Attribute, _Mapping]]] = ..., decoder_version: _Optional[str] = ...) -> None: ...
+
+class Sweep(_message.Message):
+    __slots__ = ("name", "low", "high", "steps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    low: float
+    high: float
+    steps: int
+    def __init__(self, name: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class EditRequest(_message.Message):
+    __slots__ = ("source", "weights", "sweep", "output", "model_version")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    source: Keyframe
+    weights: _containers.ScalarMap[str, float]
+    sweep: Sweep
+    output: OutputOptions
+    model_version: str
+    def __init__(self, source: _Optional[_Union[Keyframe, _Mapping]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sweep: _Optional[_Union[Sweep, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("images", "embeddings", "sweep_weights", "encoder_version", "decoder_version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    sweep_weights: _containers.RepeatedScalarFieldContainer[float]
+    encoder_version: str
+    decoder_version: str
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., sweep_weights: _Optional[_Iterable[float]] = ..., encoder_version: _Optional[str] = ..., decoder_version: _Optional[str] = ...) -> None: ...
+
+class Term(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Keyframe]
+    def __init__(self, items: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ...) -> None: ...
+
+class AnalogyRequest(_message.Message):
+    __slots__ = ("a", "b", "c", "output", "model_version")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    C_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    a: Term
+    b: Term
+    c: Term
+    output: OutputOptions
+    model_version: str
+    def __init__(self, a: _Optional[_Union[Term, _Mapping]] = ..., b: _Optional[_Union[Term, _Mapping]] = ..., c: _Optional[_Union[Term, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class AnalogyResponse(_message.Message):
+    __slots__ = ("image", "embedding", "encoder_version", "decoder_version")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    embedding: Embedding
+    encoder_version: str
+    decoder_version: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., encoder_version: _Optional[str] = ..., decoder_version: _Optional[str] = ...) -> None: ...

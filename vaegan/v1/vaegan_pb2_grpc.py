@@ -54,6 +54,21 @@ class LatentServiceStub:
                 request_serializer=vaegan_dot_v1_dot_vaegan__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListAttributes = channel.unary_unary(
+                '/vaegan.v1.LatentService/ListAttributes',
+                request_serializer=vaegan_dot_v1_dot_vaegan__pb2.ListAttributesRequest.SerializeToString,
+                response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.ListAttributesResponse.FromString,
+                _registered_method=True)
+        self.Edit = channel.unary_unary(
+                '/vaegan.v1.LatentService/Edit',
+                request_serializer=vaegan_dot_v1_dot_vaegan__pb2.EditRequest.SerializeToString,
+                response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.EditResponse.FromString,
+                _registered_method=True)
+        self.Analogy = channel.unary_unary(
+                '/vaegan.v1.LatentService/Analogy',
+                request_serializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.SerializeToString,
+                response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.FromString,
+                _registered_method=True)
 
 
 class LatentServiceServicer:
@@ -87,6 +102,29 @@ class LatentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAttributes(self, request, context):
+        """The named latent directions of a model version: attributes (`vaegan attributes add`)
+        and principal directions pc1..pcK (`vaegan export --data`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Edit(self, request, context):
+        """An image or embedding moved along named directions ({name: weight}), or swept along
+        one direction over a range -> images and embeddings. Unknown name: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Analogy(self, request, context):
+        """A - B + C, each term one or more images or embeddings (averaged) -> image and embedding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LatentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +147,21 @@ def add_LatentServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.GetModelInfoRequest.FromString,
                     response_serializer=vaegan_dot_v1_dot_vaegan__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttributes,
+                    request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.ListAttributesRequest.FromString,
+                    response_serializer=vaegan_dot_v1_dot_vaegan__pb2.ListAttributesResponse.SerializeToString,
+            ),
+            'Edit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Edit,
+                    request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.EditRequest.FromString,
+                    response_serializer=vaegan_dot_v1_dot_vaegan__pb2.EditResponse.SerializeToString,
+            ),
+            'Analogy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Analogy,
+                    request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.FromString,
+                    response_serializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +272,87 @@ class LatentService:
             '/vaegan.v1.LatentService/GetModelInfo',
             vaegan_dot_v1_dot_vaegan__pb2.GetModelInfoRequest.SerializeToString,
             vaegan_dot_v1_dot_vaegan__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaegan.v1.LatentService/ListAttributes',
+            vaegan_dot_v1_dot_vaegan__pb2.ListAttributesRequest.SerializeToString,
+            vaegan_dot_v1_dot_vaegan__pb2.ListAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaegan.v1.LatentService/Edit',
+            vaegan_dot_v1_dot_vaegan__pb2.EditRequest.SerializeToString,
+            vaegan_dot_v1_dot_vaegan__pb2.EditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Analogy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaegan.v1.LatentService/Analogy',
+            vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.SerializeToString,
+            vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.FromString,
             options,
             channel_credentials,
             insecure,

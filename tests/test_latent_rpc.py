@@ -1,0 +1,188 @@
+"""ListAttributes, Edit and Analogy over real gRPC, through the embedded backend and the
+real local Triton, on the tiny model with a stored attribute and principal directions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import shapes_folder
+from gateway_harness import GatewayThread
+
+from vaegan.export import directions as store
+from vaegan.export.latent_tools import add_attribute
+from vaegan.export.local_triton import LocalTriton
+from vaegan.latent import principal_directions
+from vaegan.service.settings import Settings
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+
+
+@pytest.fixture(scope="module")
+def latent_repo(repo, tmp_path_factory) -> Path:
+    """A copy of the exported tiny model with a 'round' attribute (discs vs squares) and
+    pc1..pc3 stored beside version 1."""
+    base = tmp_path_factory.mktemp("latent_rpc")
+    copy = Path(shutil.copytree(repo, base / "repo"))
+    shapes = shapes_folder(base / "all", n=40, seed=3)
+    discs, squares = base / "discs", base / "squares"
+    discs.mkdir(), squares.mkdir()
+    for i, p in enumerate(sorted(shapes.iterdir())):
+        shutil.copy(p, (discs if i % 2 else squares) / p.name)
+    add_attribute(copy, "round", discs, squares)
+    found = store.load(copy, "1")
+    z = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    found.update({d.name: d for d in principal_directions(z, 3)})
+    store.save(copy, "1", found)
+    return copy
+
+
+@pytest.fixture(scope="module", params=["embedded", "triton"])
+def stub(request, latent_repo):
+    if request.param == "embedded":
+        settings = Settings(model_repository=str(latent_repo))
+        with GatewayThread(settings) as gw:
+            yield pb_grpc.LatentServiceStub(grpc.insecure_channel(gw.target))
+    else:
+        with LocalTriton(latent_repo) as triton:
+            settings = Settings(triton_url=triton.grpc_url, directions_repository=str(latent_repo))
+            with GatewayThread(settings) as gw:
+                yield pb_grpc.LatentServiceStub(grpc.insecure_channel(gw.target))
+
+
+def _emb(v) -> pb.Keyframe:
+    return pb.Keyframe(embedding=pb.Embedding(values=list(map(float, v))))
+
+
+def _pixels(image: pb.Image) -> np.ndarray:
+    return np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 3)
+
+
+def test_list_attributes_shows_attributes_and_principal_directions(stub):
+    r = stub.ListAttributes(pb.ListAttributesRequest(), timeout=30)
+    by_name = {a.name: a for a in r.attributes}
+    assert set(by_name) == {"round", "pc1", "pc2", "pc3"} and r.decoder_version == "1"
+    assert by_name["round"].kind == "attribute" and by_name["round"].HasField("auc")
+    assert dict(by_name["round"].counts) == {"with": 20, "without": 20}
+    assert by_name["pc1"].kind == "principal" and not by_name["pc1"].HasField("auc")
+
+
+def test_edit_moves_the_embedding_by_weight_times_scale_and_decodes_it(stub, latent_repo):
+    d = store.load(latent_repo, "1")["round"]
+    z0 = np.random.default_rng(1).standard_normal(16).astype(np.float32)
+    r = stub.Edit(pb.EditRequest(source=_emb(z0), weights={"round": 1.5}, output=RAW), timeout=30)
+    expected = z0 + 1.5 * d.scale * d.array()
+    assert np.allclose(r.embeddings[0].values, expected, atol=1e-5)
+    same = stub.Generate(
+        pb.GenerateRequest(embeddings=pb.EmbeddingList(items=[r.embeddings[0]]), output=RAW)
+    )
+    assert np.array_equal(_pixels(r.images[0]), _pixels(same.images[0]))
+
+
+def test_edit_of_an_image_starts_from_its_encoding(stub, latent_repo):
+    image = next((latent_repo.parent / "squares").iterdir()).read_bytes()
+    mu = stub.Encode(pb.EncodeRequest(images=[image]), timeout=30).encodings[0].mu.values
+    r = stub.Edit(pb.EditRequest(source=pb.Keyframe(image=image), weights={"pc1": 0}), timeout=30)
+    assert np.allclose(r.embeddings[0].values, mu, atol=1e-6) and r.encoder_version == "1"
+
+
+def test_an_edit_sweep_returns_one_image_per_weight(stub, latent_repo):
+    d = store.load(latent_repo, "1")["pc2"]
+    sweep = pb.Sweep(name="pc2", low=-2, high=2, steps=5)
+    r = stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), sweep=sweep, output=RAW), timeout=30)
+    assert list(r.sweep_weights) == [-2, -1, 0, 1, 2] and len(r.images) == 5
+    z = np.array([e.values for e in r.embeddings])
+    assert np.allclose(z, np.outer([-2, -1, 0, 1, 2], d.scale * d.array()), atol=1e-5)
+
+
+def test_analogy_is_a_minus_b_plus_c_with_terms_averaged(stub):
+    rng = np.random.default_rng(2)
+    a, b, c1, c2 = rng.standard_normal((4, 16)).astype(np.float32)
+    req = pb.AnalogyRequest(
+        a=pb.Term(items=[_emb(a)]),
+        b=pb.Term(items=[_emb(b)]),
+        c=pb.Term(items=[_emb(c1), _emb(c2)]),
+        output=RAW,
+    )
+    r = stub.Analogy(req, timeout=30)
+    assert np.allclose(r.embedding.values, a - b + (c1 + c2) / 2, atol=1e-5)
+    assert _pixels(r.image).shape == (32, 32, 3) and r.encoder_version == ""
+
+
+BAD = {
+    "unknown_attribute": (
+        lambda s: s.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"smiling": 1})),
+        grpc.StatusCode.NOT_FOUND,
+        "no direction 'smiling'",
+    ),
+    "weights_and_sweep": (
+        lambda s: s.Edit(
+            pb.EditRequest(
+                source=_emb(np.zeros(16)), weights={"pc1": 1}, sweep=pb.Sweep(name="pc1", steps=3)
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "either weights",
+    ),
+    "one_step_sweep": (
+        lambda s: s.Edit(
+            pb.EditRequest(source=_emb(np.zeros(16)), sweep=pb.Sweep(name="pc1", steps=1))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sweep.steps: 1",
+    ),
+    "nan_weight": (
+        lambda s: s.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"pc1": float("nan")})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not a finite number",
+    ),
+    "no_source": (
+        lambda s: s.Edit(pb.EditRequest(weights={"pc1": 1})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source",
+    ),
+    "empty_term": (
+        lambda s: s.Analogy(pb.AnalogyRequest(a=pb.Term(items=[_emb(np.zeros(16))]))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "b: at least one",
+    ),
+    "short_embedding": (
+        lambda s: s.Analogy(
+            pb.AnalogyRequest(**{t: pb.Term(items=[_emb(np.zeros(8))]) for t in "abc"})
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a.items[0].embedding",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_latent_request_gets_its_status_and_the_next_call_succeeds(stub, case):
+    call, code, message = BAD[case]
+    with pytest.raises(grpc.RpcError) as e:
+        call(stub)
+    assert e.value.code() == code and message in e.value.details(), e.value.details()
+    assert stub.ListAttributes(pb.ListAttributesRequest(), timeout=30).attributes
+
+
+def test_directions_of_another_model_version_are_refused_not_used(stub, latent_repo):
+    path = latent_repo / "vaegan_decoder" / "1" / store.FILE
+    original = path.read_text()
+    data = json.loads(original)
+    data["model"]["vaegan_decoder_onnx_sha256"] = "0" * 64  # as if copied from another export
+    path.write_text(json.dumps(data))
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"round": 1}), timeout=30)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "belongs to another model" in e.value.details()
+    finally:
+        path.write_text(original)
+    r = stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"round": 1}), timeout=30)
+    assert len(r.images) == 1
