@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import signal
@@ -58,60 +59,78 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or not details.method.startswith(f"/{SERVICE}/")
-        ):
+        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        inner, m, life, cap = handler.unary_unary, self.metrics, self.lifecycle, self.max_inflight
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def wrapper(request, context):
-            code = "OK"
-            start = time.perf_counter()
-            if life.draining:
-                m.handled.labels(SERVICE, method, "UNAVAILABLE").inc()
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the gateway is shutting down; retry (another replica)",
-                )
-            if life.inflight >= cap:  # the concurrency cap: refuse now rather than queue up latency
-                m.handled.labels(SERVICE, method, "RESOURCE_EXHAUSTED").inc()
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the gateway is handling {cap} calls, its limit; retry with backoff",
-                )
-            m.inflight.inc()
-            life.enter()
-            try:
-                return await inner(request, context)
-            except VaeganError as e:
-                code = e.grpc_code
-                await context.abort(getattr(grpc.StatusCode, code), str(e))
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except grpc.aio.AbortError:
-                code = context.code().name if context.code() else "UNKNOWN"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("unexpected error in %s", method)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
-                )
-            finally:
-                life.leave()
-                m.inflight.dec()
-                m.handled.labels(SERVICE, method, code).inc()
-                m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
+            async def unary(request, context):
+                async with self._call(method, context):
+                    return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapper,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request, context):
+                async with self._call(method, context):
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context):
+        """Admission (draining, the concurrency cap), then the call, its status and metrics."""
+        m, life, cap = self.metrics, self.lifecycle, self.max_inflight
+        code = "OK"
+        start = time.perf_counter()
+        if life.draining:
+            m.handled.labels(SERVICE, method, "UNAVAILABLE").inc()
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the gateway is shutting down; retry (another replica)",
+            )
+        if life.inflight >= cap:  # the concurrency cap: refuse now rather than queue up latency
+            m.handled.labels(SERVICE, method, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is handling {cap} calls, its limit; retry with backoff",
+            )
+        m.inflight.inc()
+        life.enter()
+        try:
+            yield
+        except VaeganError as e:
+            code = e.grpc_code
+            await context.abort(getattr(grpc.StatusCode, code), str(e))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = context.code().name if context.code() else "UNKNOWN"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unexpected error in %s", method)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
+            )
+        finally:
+            life.leave()
+            m.inflight.dec()
+            m.handled.labels(SERVICE, method, code).inc()
+            m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

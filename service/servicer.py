@@ -113,6 +113,37 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         return response
 
     async def Interpolate(self, request: pb.InterpolateRequest, context) -> pb.InterpolateResponse:
+        deadline = _deadline(context)
+        z, dmeta, encoder_version = await self._path(request, deadline)
+        pixels = await self._decode_path(dmeta, z, deadline)
+        return pb.InterpolateResponse(
+            images=codecs.encode_images(pixels, request.output),
+            embeddings=codecs.to_embeddings(z),
+            encoder_version=encoder_version,
+            decoder_version=dmeta.version,
+        )
+
+    async def InterpolateStream(self, request: pb.InterpolateRequest, context):
+        deadline = _deadline(context)
+        z, dmeta, encoder_version = await self._path(request, deadline)
+        # Small chunks: the first frames go out after one short decoder call.
+        chunk = max(1, min(16, self.g.settings.max_batch_size))
+        for lo in range(0, len(z), chunk):
+            part = z[lo : lo + chunk]
+            pixels = (await self.g.run("decoder", dmeta, part, deadline))["image"]
+            images = codecs.encode_images(pixels, request.output)
+            for k, (image, emb) in enumerate(zip(images, codecs.to_embeddings(part), strict=True)):
+                yield pb.InterpolateFrame(
+                    index=lo + k,
+                    total=len(z),
+                    image=image,
+                    embedding=emb,
+                    encoder_version=encoder_version,
+                    decoder_version=dmeta.version,
+                )
+
+    async def _path(self, request: pb.InterpolateRequest, deadline):
+        """The validated request's path: z [frames, latent], decoder meta, encoder version."""
         s = self.g.settings
         keys = request.keyframes
         if len(keys) < 2:
@@ -128,21 +159,14 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         method = request.method or pb.INTERPOLATION_METHOD_SPHERICAL
         if method not in (pb.INTERPOLATION_METHOD_LINEAR, pb.INTERPOLATION_METHOD_SPHERICAL):
             raise InvalidInput(f"method: unknown value {method}")
-        deadline = _deadline(context)
         dmeta = await self.g.meta("decoder", request.model_version)
         vectors, encoder_version = await self._vectors(
             keys, dmeta, request.model_version, deadline, "keyframes"
         )
-        response = pb.InterpolateResponse(
-            decoder_version=dmeta.version, encoder_version=encoder_version
-        )
         z = codecs.path(
             vectors, request.steps, spherical=method == pb.INTERPOLATION_METHOD_SPHERICAL
         )
-        pixels = await self._decode_path(dmeta, z, deadline)
-        response.images.extend(codecs.encode_images(pixels, request.output))
-        response.embeddings.extend(codecs.to_embeddings(z))
-        return response
+        return z, dmeta, encoder_version
 
     async def _vectors(
         self, keys, dmeta, version: str, deadline, field: str

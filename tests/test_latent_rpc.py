@@ -186,3 +186,41 @@ def test_directions_of_another_model_version_are_refused_not_used(stub, latent_r
         path.write_text(original)
     r = stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"round": 1}), timeout=30)
     assert len(r.images) == 1
+
+
+def test_streamed_interpolation_sends_the_same_frames_in_order(stub):
+    rng = np.random.default_rng(4)
+    keys = [_emb(v) for v in rng.standard_normal((3, 16))]
+    req = pb.InterpolateRequest(keyframes=keys, steps=9, output=RAW)
+    whole = stub.Interpolate(req, timeout=30)
+    frames = list(stub.InterpolateStream(req, timeout=30))
+    assert [f.index for f in frames] == list(range(21)) and {f.total for f in frames} == {21}
+    for f, image, emb in zip(frames, whole.images, whole.embeddings, strict=True):
+        assert np.array_equal(_pixels(f.image), _pixels(image))
+        assert np.allclose(f.embedding.values, emb.values)
+
+
+def test_a_bad_streamed_interpolation_fails_before_any_frame(stub):
+    req = pb.InterpolateRequest(keyframes=[_emb(np.zeros(16))] * 2, steps=10_000)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.InterpolateStream(req, timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "steps" in e.value.details()
+
+
+def test_interpolate_cli_writes_an_animated_gif_from_the_stream(latent_repo, tmp_path, capsys):
+    from PIL import Image, ImageSequence
+
+    from vaegan.cli import main
+
+    ends = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    np.save(ends[0], np.full(16, -3, np.float32))
+    np.save(ends[1], np.full(16, 3, np.float32))
+    with GatewayThread(Settings(model_repository=str(latent_repo))) as gw:
+        out = tmp_path / "walk.gif"
+        args = ["interpolate", *map(str, ends), "--steps", "6", "--out", str(out), "--bounce"]
+        assert main([*args, "--fps", "10", "--target", gw.target, "--quiet"]) == 0
+    assert "wrote 14 frames" in capsys.readouterr().out  # 8 frames, then back without repeats
+    gif = Image.open(out)
+    assert gif.format == "GIF" and gif.size == (32, 32) and gif.n_frames > 1
+    # GIF merges identical neighbouring frames into one longer frame: the time adds up.
+    assert sum(f.info["duration"] for f in ImageSequence.Iterator(gif)) == 14 * 100

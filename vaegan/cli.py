@@ -233,10 +233,28 @@ def _interpolate(a: argparse.Namespace) -> int:
     from vaegan.grid import save_grid
 
     keys = [np.load(k).ravel() if k.endswith(".npy") else Path(k).read_bytes() for k in a.keyframes]
-    with _client(a) as c:
-        images, _ = c.interpolate(keys, a.steps, spherical=a.method == "spherical")
-    save_grid(images, a.out, nrow=a.steps + 2)
-    print(f"wrote {len(images)} frames to {a.out}")
+    spherical = a.method == "spherical"
+    if Path(a.out).suffix.lower() not in (".gif", ".webp"):
+        with _client(a) as c:
+            images, _ = c.interpolate(keys, a.steps, spherical=spherical)
+        save_grid(images, a.out, nrow=a.steps + 2)
+        print(f"wrote {len(images)} frames to {a.out}")
+        return 0
+    from PIL import Image
+    from tqdm import tqdm
+
+    frames = []
+    with _client(a) as c, tqdm(desc="frames", unit="frame", disable=a.quiet) as bar:
+        for _, total, image, _ in c.interpolate_stream(keys, a.steps, spherical=spherical):
+            bar.total = total
+            bar.update(1)
+            frames.append(Image.fromarray(image))
+    if a.bounce:  # there and back again, for a loop without a jump
+        frames += frames[-2:0:-1]
+    frames[0].save(
+        a.out, save_all=True, append_images=frames[1:], duration=round(1000 / a.fps), loop=0
+    )
+    print(f"wrote {len(frames)} frames to {a.out} ({a.fps} fps)")
     return 0
 
 
@@ -249,7 +267,6 @@ def _batch(a: argparse.Namespace) -> int:
     return 0
 
 
-@_rpc
 def _attributes_add(a: argparse.Namespace) -> int:
     from vaegan.export.latent_tools import add_attribute
 
@@ -300,6 +317,7 @@ def _sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+@_rpc
 def _info(a: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
@@ -597,7 +615,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="spherical",
         help="default spherical (slerp)",
     )
-    ip.add_argument("--out", required=True, help="PNG to write (one row per segment)")
+    ip.add_argument(
+        "--out",
+        required=True,
+        help="a .png grid (one row per segment), or a .gif / .webp animation (frames streamed)",
+    )
+    ip.add_argument("--fps", type=float, default=12.0, help="animation frame rate (default 12)")
+    ip.add_argument(
+        "--bounce", action="store_true", help="animation plays forward then back, looping smoothly"
+    )
+    ip.add_argument("--quiet", action="store_true", help="no progress bar")
     ip.set_defaults(func=_interpolate)
 
     bj = sub.add_parser(

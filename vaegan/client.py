@@ -155,6 +155,24 @@ class LatentClient:
         )
         return pixels(r.images), vectors(r.embeddings)
 
+    def interpolate_stream(
+        self, keyframes: list, steps: int, *, spherical: bool = True, model_version: str = ""
+    ):
+        """Like ``interpolate``, but yields (index, total, pixels [H, W, 3], vector) per frame
+        as the server decodes them."""
+        keys = [
+            pb.Keyframe(image=k)
+            if isinstance(k, bytes | bytearray)
+            else pb.Keyframe(embedding=_embedding(k))
+            for k in keyframes
+        ]
+        method = pb.INTERPOLATION_METHOD_SPHERICAL if spherical else pb.INTERPOLATION_METHOD_LINEAR
+        request = pb.InterpolateRequest(
+            keyframes=keys, steps=steps, method=method, output=self.RAW, model_version=model_version
+        )
+        for f in self.stub.InterpolateStream(request, timeout=self.timeout, metadata=self.metadata):
+            yield f.index, f.total, pixels([f.image])[0], np.asarray(f.embedding.values, np.float32)
+
     def info(self) -> pb.ModelInfo:
         return self.stub.GetModelInfo(
             pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vaegan/v1/vaegan.proto\x12\tvaegan.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"M\n\rOutputOptions\x12&\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x16.vaegan.v1.ImageFormat\x12\x14\n\x0cjpeg_quality\x18\x02 \x01(\r\"\\\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.vaegan.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"O\n\x06Sample\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_temperature\"\xb1\x01\n\x0fGenerateRequest\x12.\n\nembeddings\x18\x01 \x01(\x0b\x32\x18.vaegan.v1.EmbeddingListH\x00\x12#\n\x06sample\x18\x02 \x01(\x0b\x32\x11.vaegan.v1.SampleH\x00\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x04 \x01(\tB\x08\n\x06source\"4\n\rEmbeddingList\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.vaegan.v1.Embedding\"w\n\x10GenerateResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x03 \x01(\t\"r\n\rEncodeRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x1c\n\x14reconstruction_error\x18\x04 \x01(\x08\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xab\x01\n\x08\x45ncoding\x12 \n\x02mu\x18\x01 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12$\n\x06logvar\x18\x02 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x1f\n\x01z\x18\x03 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x1f\n\x12reconstruction_mse\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_reconstruction_mse\"j\n\x0e\x45ncodeResponse\x12&\n\tencodings\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Encoding\x12\x17\n\x0f\x65ncoder_version\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x03 \x01(\t\"N\n\x08Keyframe\x12)\n\tembedding\x18\x01 \x01(\x0b\x32\x14.vaegan.v1.EmbeddingH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xbc\x01\n\x12InterpolateRequest\x12&\n\tkeyframes\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Keyframe\x12\r\n\x05steps\x18\x02 \x01(\r\x12.\n\x06method\x18\x03 \x01(\x0e\x32\x1e.vaegan.v1.InterpolationMethod\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x93\x01\n\x13InterpolateResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x65ncoder_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x04 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\x96\x01\n\x10ModelVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x35\n\x05\x66\x61\x63ts\x18\x03 \x03(\x0b\x32&.vaegan.v1.ModelVersionInfo.FactsEntry\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x06Limits\x12\x11\n\tmax_items\x18\x01 \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x12\n\nmax_frames\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\"\xed\x01\n\tModelInfo\x12\x12\n\nlatent_dim\x18\x01 \x01(\r\x12\x12\n\nimage_size\x18\x02 \x01(\r\x12\x11\n\tcrop_mode\x18\x03 \x01(\t\x12\x15\n\rcrop_fraction\x18\x04 \x01(\x02\x12,\n\x07\x65ncoder\x18\x05 \x01(\x0b\x32\x1b.vaegan.v1.ModelVersionInfo\x12,\n\x07\x64\x65\x63oder\x18\x06 \x01(\x0b\x32\x1b.vaegan.v1.ModelVersionInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12!\n\x06limits\x18\x08 \x01(\x0b\x32\x11.vaegan.v1.Limits\".\n\x15ListAttributesRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xe9\x01\n\tAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x30\n\x06\x63ounts\x18\x04 \x03(\x0b\x32 .vaegan.v1.Attribute.CountsEntry\x12\x10\n\x03\x61uc\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1f\n\x12\x65xplained_variance\x18\x06 \x01(\x02H\x01\x88\x01\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42\x06\n\x04_aucB\x15\n\x13_explained_variance\"[\n\x16ListAttributesResponse\x12(\n\nattributes\x18\x01 \x03(\x0b\x32\x14.vaegan.v1.Attribute\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x02 \x01(\t\"?\n\x05Sweep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x02\x12\x0c\n\x04high\x18\x03 \x01(\x02\x12\r\n\x05steps\x18\x04 \x01(\r\"\xfa\x01\n\x0b\x45\x64itRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.vaegan.v1.Keyframe\x12\x34\n\x07weights\x18\x02 \x03(\x0b\x32#.vaegan.v1.EditRequest.WeightsEntry\x12\x1f\n\x05sweep\x18\x03 \x01(\x0b\x32\x10.vaegan.v1.Sweep\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa3\x01\n\x0c\x45\x64itResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x15\n\rsweep_weights\x18\x03 \x03(\x02\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x05 \x01(\t\"*\n\x04Term\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Keyframe\"\xa5\x01\n\x0e\x41nalogyRequest\x12\x1a\n\x01\x61\x18\x01 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12\x1a\n\x01\x62\x18\x02 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12\x1a\n\x01\x63\x18\x03 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x8d\x01\n\x0f\x41nalogyResponse\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.vaegan.v1.Image\x12\'\n\tembedding\x18\x02 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x65ncoder_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x04 \x01(\t*n\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x03*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xf9\x03\n\rLatentService\x12\x43\n\x08Generate\x12\x1a.vaegan.v1.GenerateRequest\x1a\x1b.vaegan.v1.GenerateResponse\x12=\n\x06\x45ncode\x12\x18.vaegan.v1.EncodeRequest\x1a\x19.vaegan.v1.EncodeResponse\x12L\n\x0bInterpolate\x12\x1d.vaegan.v1.InterpolateRequest\x1a\x1e.vaegan.v1.InterpolateResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.vaegan.v1.GetModelInfoRequest\x1a\x14.vaegan.v1.ModelInfo\x12U\n\x0eListAttributes\x12 .vaegan.v1.ListAttributesRequest\x1a!.vaegan.v1.ListAttributesResponse\x12\x37\n\x04\x45\x64it\x12\x16.vaegan.v1.EditRequest\x1a\x17.vaegan.v1.EditResponse\x12@\n\x07\x41nalogy\x12\x19.vaegan.v1.AnalogyRequest\x1a\x1a.vaegan.v1.AnalogyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vaegan/v1/vaegan.proto\x12\tvaegan.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"M\n\rOutputOptions\x12&\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x16.vaegan.v1.ImageFormat\x12\x14\n\x0cjpeg_quality\x18\x02 \x01(\r\"\\\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.vaegan.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"O\n\x06Sample\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_temperature\"\xb1\x01\n\x0fGenerateRequest\x12.\n\nembeddings\x18\x01 \x01(\x0b\x32\x18.vaegan.v1.EmbeddingListH\x00\x12#\n\x06sample\x18\x02 \x01(\x0b\x32\x11.vaegan.v1.SampleH\x00\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x04 \x01(\tB\x08\n\x06source\"4\n\rEmbeddingList\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.vaegan.v1.Embedding\"w\n\x10GenerateResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x03 \x01(\t\"r\n\rEncodeRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x1c\n\x14reconstruction_error\x18\x04 \x01(\x08\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xab\x01\n\x08\x45ncoding\x12 \n\x02mu\x18\x01 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12$\n\x06logvar\x18\x02 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x1f\n\x01z\x18\x03 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x1f\n\x12reconstruction_mse\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_reconstruction_mse\"j\n\x0e\x45ncodeResponse\x12&\n\tencodings\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Encoding\x12\x17\n\x0f\x65ncoder_version\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x03 \x01(\t\"N\n\x08Keyframe\x12)\n\tembedding\x18\x01 \x01(\x0b\x32\x14.vaegan.v1.EmbeddingH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xbc\x01\n\x12InterpolateRequest\x12&\n\tkeyframes\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Keyframe\x12\r\n\x05steps\x18\x02 \x01(\r\x12.\n\x06method\x18\x03 \x01(\x0e\x32\x1e.vaegan.v1.InterpolationMethod\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x93\x01\n\x13InterpolateResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x65ncoder_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x04 \x01(\t\"\xac\x01\n\x10InterpolateFrame\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\x12\x1f\n\x05image\x18\x03 \x01(\x0b\x32\x10.vaegan.v1.Image\x12\'\n\tembedding\x18\x04 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x65ncoder_version\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x06 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\x96\x01\n\x10ModelVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x35\n\x05\x66\x61\x63ts\x18\x03 \x03(\x0b\x32&.vaegan.v1.ModelVersionInfo.FactsEntry\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x06Limits\x12\x11\n\tmax_items\x18\x01 \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x12\n\nmax_frames\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\"\xed\x01\n\tModelInfo\x12\x12\n\nlatent_dim\x18\x01 \x01(\r\x12\x12\n\nimage_size\x18\x02 \x01(\r\x12\x11\n\tcrop_mode\x18\x03 \x01(\t\x12\x15\n\rcrop_fraction\x18\x04 \x01(\x02\x12,\n\x07\x65ncoder\x18\x05 \x01(\x0b\x32\x1b.vaegan.v1.ModelVersionInfo\x12,\n\x07\x64\x65\x63oder\x18\x06 \x01(\x0b\x32\x1b.vaegan.v1.ModelVersionInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12!\n\x06limits\x18\x08 \x01(\x0b\x32\x11.vaegan.v1.Limits\".\n\x15ListAttributesRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xe9\x01\n\tAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x30\n\x06\x63ounts\x18\x04 \x03(\x0b\x32 .vaegan.v1.Attribute.CountsEntry\x12\x10\n\x03\x61uc\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1f\n\x12\x65xplained_variance\x18\x06 \x01(\x02H\x01\x88\x01\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42\x06\n\x04_aucB\x15\n\x13_explained_variance\"[\n\x16ListAttributesResponse\x12(\n\nattributes\x18\x01 \x03(\x0b\x32\x14.vaegan.v1.Attribute\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x02 \x01(\t\"?\n\x05Sweep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x02\x12\x0c\n\x04high\x18\x03 \x01(\x02\x12\r\n\x05steps\x18\x04 \x01(\r\"\xfa\x01\n\x0b\x45\x64itRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.vaegan.v1.Keyframe\x12\x34\n\x07weights\x18\x02 \x03(\x0b\x32#.vaegan.v1.EditRequest.WeightsEntry\x12\x1f\n\x05sweep\x18\x03 \x01(\x0b\x32\x10.vaegan.v1.Sweep\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa3\x01\n\x0c\x45\x64itResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.vaegan.v1.Image\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.vaegan.v1.Embedding\x12\x15\n\rsweep_weights\x18\x03 \x03(\x02\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x05 \x01(\t\"*\n\x04Term\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.vaegan.v1.Keyframe\"\xa5\x01\n\x0e\x41nalogyRequest\x12\x1a\n\x01\x61\x18\x01 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12\x1a\n\x01\x62\x18\x02 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12\x1a\n\x01\x63\x18\x03 \x01(\x0b\x32\x0f.vaegan.v1.Term\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x18.vaegan.v1.OutputOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x8d\x01\n\x0f\x41nalogyResponse\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.vaegan.v1.Image\x12\'\n\tembedding\x18\x02 \x01(\x0b\x32\x14.vaegan.v1.Embedding\x12\x17\n\x0f\x65ncoder_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x63oder_version\x18\x04 \x01(\t*n\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x03*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xcc\x04\n\rLatentService\x12\x43\n\x08Generate\x12\x1a.vaegan.v1.GenerateRequest\x1a\x1b.vaegan.v1.GenerateResponse\x12=\n\x06\x45ncode\x12\x18.vaegan.v1.EncodeRequest\x1a\x19.vaegan.v1.EncodeResponse\x12L\n\x0bInterpolate\x12\x1d.vaegan.v1.InterpolateRequest\x1a\x1e.vaegan.v1.InterpolateResponse\x12Q\n\x11InterpolateStream\x12\x1d.vaegan.v1.InterpolateRequest\x1a\x1b.vaegan.v1.InterpolateFrame0\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.vaegan.v1.GetModelInfoRequest\x1a\x14.vaegan.v1.ModelInfo\x12U\n\x0eListAttributes\x12 .vaegan.v1.ListAttributesRequest\x1a!.vaegan.v1.ListAttributesResponse\x12\x37\n\x04\x45\x64it\x12\x16.vaegan.v1.EditRequest\x1a\x17.vaegan.v1.EditResponse\x12@\n\x07\x41nalogy\x12\x19.vaegan.v1.AnalogyRequest\x1a\x1a.vaegan.v1.AnalogyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTE_COUNTSENTRY']._serialized_options = b'8\001'
   _globals['_EDITREQUEST_WEIGHTSENTRY']._loaded_options = None
   _globals['_EDITREQUEST_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=3274
-  _globals['_IMAGEFORMAT']._serialized_end=3384
-  _globals['_INTERPOLATIONMETHOD']._serialized_start=3387
-  _globals['_INTERPOLATIONMETHOD']._serialized_end=3515
+  _globals['_IMAGEFORMAT']._serialized_start=3449
+  _globals['_IMAGEFORMAT']._serialized_end=3559
+  _globals['_INTERPOLATIONMETHOD']._serialized_start=3562
+  _globals['_INTERPOLATIONMETHOD']._serialized_end=3690
   _globals['_EMBEDDING']._serialized_start=37
   _globals['_EMBEDDING']._serialized_end=64
   _globals['_OUTPUTOPTIONS']._serialized_start=66
@@ -67,38 +67,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERPOLATEREQUEST']._serialized_end=1342
   _globals['_INTERPOLATERESPONSE']._serialized_start=1345
   _globals['_INTERPOLATERESPONSE']._serialized_end=1492
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1494
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1515
-  _globals['_MODELVERSIONINFO']._serialized_start=1518
-  _globals['_MODELVERSIONINFO']._serialized_end=1668
-  _globals['_MODELVERSIONINFO_FACTSENTRY']._serialized_start=1624
-  _globals['_MODELVERSIONINFO_FACTSENTRY']._serialized_end=1668
-  _globals['_LIMITS']._serialized_start=1671
-  _globals['_LIMITS']._serialized_end=1815
-  _globals['_MODELINFO']._serialized_start=1818
-  _globals['_MODELINFO']._serialized_end=2055
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=2057
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=2103
-  _globals['_ATTRIBUTE']._serialized_start=2106
-  _globals['_ATTRIBUTE']._serialized_end=2339
-  _globals['_ATTRIBUTE_COUNTSENTRY']._serialized_start=2263
-  _globals['_ATTRIBUTE_COUNTSENTRY']._serialized_end=2308
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=2341
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=2432
-  _globals['_SWEEP']._serialized_start=2434
-  _globals['_SWEEP']._serialized_end=2497
-  _globals['_EDITREQUEST']._serialized_start=2500
-  _globals['_EDITREQUEST']._serialized_end=2750
-  _globals['_EDITREQUEST_WEIGHTSENTRY']._serialized_start=2704
-  _globals['_EDITREQUEST_WEIGHTSENTRY']._serialized_end=2750
-  _globals['_EDITRESPONSE']._serialized_start=2753
-  _globals['_EDITRESPONSE']._serialized_end=2916
-  _globals['_TERM']._serialized_start=2918
-  _globals['_TERM']._serialized_end=2960
-  _globals['_ANALOGYREQUEST']._serialized_start=2963
-  _globals['_ANALOGYREQUEST']._serialized_end=3128
-  _globals['_ANALOGYRESPONSE']._serialized_start=3131
-  _globals['_ANALOGYRESPONSE']._serialized_end=3272
-  _globals['_LATENTSERVICE']._serialized_start=3518
-  _globals['_LATENTSERVICE']._serialized_end=4023
+  _globals['_INTERPOLATEFRAME']._serialized_start=1495
+  _globals['_INTERPOLATEFRAME']._serialized_end=1667
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1669
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1690
+  _globals['_MODELVERSIONINFO']._serialized_start=1693
+  _globals['_MODELVERSIONINFO']._serialized_end=1843
+  _globals['_MODELVERSIONINFO_FACTSENTRY']._serialized_start=1799
+  _globals['_MODELVERSIONINFO_FACTSENTRY']._serialized_end=1843
+  _globals['_LIMITS']._serialized_start=1846
+  _globals['_LIMITS']._serialized_end=1990
+  _globals['_MODELINFO']._serialized_start=1993
+  _globals['_MODELINFO']._serialized_end=2230
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=2232
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=2278
+  _globals['_ATTRIBUTE']._serialized_start=2281
+  _globals['_ATTRIBUTE']._serialized_end=2514
+  _globals['_ATTRIBUTE_COUNTSENTRY']._serialized_start=2438
+  _globals['_ATTRIBUTE_COUNTSENTRY']._serialized_end=2483
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=2516
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=2607
+  _globals['_SWEEP']._serialized_start=2609
+  _globals['_SWEEP']._serialized_end=2672
+  _globals['_EDITREQUEST']._serialized_start=2675
+  _globals['_EDITREQUEST']._serialized_end=2925
+  _globals['_EDITREQUEST_WEIGHTSENTRY']._serialized_start=2879
+  _globals['_EDITREQUEST_WEIGHTSENTRY']._serialized_end=2925
+  _globals['_EDITRESPONSE']._serialized_start=2928
+  _globals['_EDITRESPONSE']._serialized_end=3091
+  _globals['_TERM']._serialized_start=3093
+  _globals['_TERM']._serialized_end=3135
+  _globals['_ANALOGYREQUEST']._serialized_start=3138
+  _globals['_ANALOGYREQUEST']._serialized_end=3303
+  _globals['_ANALOGYRESPONSE']._serialized_start=3306
+  _globals['_ANALOGYRESPONSE']._serialized_end=3447
+  _globals['_LATENTSERVICE']._serialized_start=3693
+  _globals['_LATENTSERVICE']._serialized_end=4281
 # @@protoc_insertion_point(module_scope)

@@ -161,6 +161,22 @@ class InterpolateResponse(_message.Message):
     decoder_version: str
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., encoder_version: _Optional[str] = ..., decoder_version: _Optional[str] = ...) -> None: ...
 
+class InterpolateFrame(_message.Message):
+    __slots__ = ("index", "total", "image", "embedding", "encoder_version", "decoder_version")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    total: int
+    image: Image
+    embedding: Embedding
+    encoder_version: str
+    decoder_version: str
+    def __init__(self, index: _Optional[int] = ..., total: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., encoder_version: _Optional[str] = ..., decoder_version: _Optional[str] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

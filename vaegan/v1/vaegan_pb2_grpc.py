@@ -49,6 +49,11 @@ class LatentServiceStub:
                 request_serializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.SerializeToString,
                 response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateResponse.FromString,
                 _registered_method=True)
+        self.InterpolateStream = channel.unary_stream(
+                '/vaegan.v1.LatentService/InterpolateStream',
+                request_serializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateFrame.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/vaegan.v1.LatentService/GetModelInfo',
                 request_serializer=vaegan_dot_v1_dot_vaegan__pb2.GetModelInfoRequest.SerializeToString,
@@ -90,6 +95,14 @@ class LatentServiceServicer:
 
     def Interpolate(self, request, context):
         """Keyframes (embeddings or images) -> the path's frames, endpoints included, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InterpolateStream(self, request, context):
+        """The same path, streamed: frames are sent in order as they are decoded, so long paths
+        start showing at once and never need one large message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +155,11 @@ def add_LatentServiceServicer_to_server(servicer, server):
                     servicer.Interpolate,
                     request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.FromString,
                     response_serializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateResponse.SerializeToString,
+            ),
+            'InterpolateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InterpolateStream,
+                    request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.FromString,
+                    response_serializer=vaegan_dot_v1_dot_vaegan__pb2.InterpolateFrame.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -245,6 +263,33 @@ class LatentService:
             '/vaegan.v1.LatentService/Interpolate',
             vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.SerializeToString,
             vaegan_dot_v1_dot_vaegan__pb2.InterpolateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InterpolateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vaegan.v1.LatentService/InterpolateStream',
+            vaegan_dot_v1_dot_vaegan__pb2.InterpolateRequest.SerializeToString,
+            vaegan_dot_v1_dot_vaegan__pb2.InterpolateFrame.FromString,
             options,
             channel_credentials,
             insecure,
