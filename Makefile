@@ -12,7 +12,7 @@ OUT ?= outputs
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 PYTEST_ARGS ?=
 
-.PHONY: help install triton-env proto proto-check test lint fuzz loadtest soak format demo demo-data demo-font triton bench clean
+.PHONY: help install triton-env browser proto proto-check test lint fuzz loadtest soak format demo demo-data demo-font triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in the training extra: the CPU wheel, not GBs of CUDA.
-	$(BIN)/pip install -q -e '.[training,serving,dev]'
+	$(BIN)/pip install -q -e '.[training,serving,playground,dev]'
 	# Only the tritonserver binary of nvidia-pytriton is used; its numpy<2 pin would hold
 	# the whole environment back, so it goes in without its dependencies.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
@@ -35,6 +35,9 @@ $(TRITON_STAMP):
 triton-env: $(TRITON_STAMP) ## the python backend's environment for the local Triton (.venv-triton)
 
 install: $(STAMP) $(TRITON_STAMP) ## create .venv (and .venv-triton) and install the project with all extras
+
+browser: ## playwright-core for the playground test (uses the system chromium: apt-get install chromium)
+	cd tests/browser && npm install --no-audit --no-fund --silent
 
 test: $(STAMP) $(TRITON_STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -145,3 +145,28 @@ def repo(tiny_checkpoint, tmp_path_factory) -> Path:
         log=lambda *_: None,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def latent_repo(repo, tmp_path_factory) -> Path:
+    """(Latent tools) A copy of the exported tiny model with a 'round' attribute (discs vs squares) and
+    pc1..pc3 stored beside version 1."""
+    import shutil
+
+    from vaegan.export import directions as store
+    from vaegan.export.latent_tools import add_attribute
+    from vaegan.latent import principal_directions
+
+    base = tmp_path_factory.mktemp("latent_rpc")
+    copy = Path(shutil.copytree(repo, base / "repo"))
+    shapes = shapes_folder(base / "all", n=40, seed=3)
+    discs, squares = base / "discs", base / "squares"
+    discs.mkdir(), squares.mkdir()
+    for i, p in enumerate(sorted(shapes.iterdir())):
+        shutil.copy(p, (discs if i % 2 else squares) / p.name)
+    add_attribute(copy, "round", discs, squares)
+    found = store.load(copy, "1")
+    z = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    found.update({d.name: d for d in principal_directions(z, 3)})
+    store.save(copy, "1", found)
+    return copy

@@ -4,43 +4,19 @@ real local Triton, on the tiny model with a stored attribute and principal direc
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import shapes_folder
 from gateway_harness import GatewayThread
 
 from vaegan.export import directions as store
-from vaegan.export.latent_tools import add_attribute
 from vaegan.export.local_triton import LocalTriton
-from vaegan.latent import principal_directions
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
-
-
-@pytest.fixture(scope="module")
-def latent_repo(repo, tmp_path_factory) -> Path:
-    """A copy of the exported tiny model with a 'round' attribute (discs vs squares) and
-    pc1..pc3 stored beside version 1."""
-    base = tmp_path_factory.mktemp("latent_rpc")
-    copy = Path(shutil.copytree(repo, base / "repo"))
-    shapes = shapes_folder(base / "all", n=40, seed=3)
-    discs, squares = base / "discs", base / "squares"
-    discs.mkdir(), squares.mkdir()
-    for i, p in enumerate(sorted(shapes.iterdir())):
-        shutil.copy(p, (discs if i % 2 else squares) / p.name)
-    add_attribute(copy, "round", discs, squares)
-    found = store.load(copy, "1")
-    z = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
-    found.update({d.name: d for d in principal_directions(z, 3)})
-    store.save(copy, "1", found)
-    return copy
 
 
 @pytest.fixture(scope="module", params=["embedded", "triton"])

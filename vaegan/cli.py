@@ -317,6 +317,13 @@ def _sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def _playground(a: argparse.Namespace) -> int:
+    from vaegan.service.playground import run
+
+    run(a.target, a.host, a.port, token=a.token or os.environ.get("VAEGAN_TOKEN"))
+    return 0
+
+
 @_rpc
 def _info(a: argparse.Namespace) -> int:
     from google.protobuf import json_format
@@ -690,6 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--steps", type=int, default=7, help="columns (default 7)")
     sw.add_argument("--out", required=True, help="output PNG")
     sw.set_defaults(func=_sweep)
+
+    pg = sub.add_parser(
+        "playground",
+        help="a web page for exploring the served model: reconstructions, sliders, walks",
+    )
+    pg.add_argument(
+        "--target", default="localhost:50051", help="the gateway (default localhost:50051)"
+    )
+    pg.add_argument("--host", default="127.0.0.1", help="address to serve the page on")
+    pg.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
+    pg.add_argument("--token", default=None, help="bearer token for the gateway (or VAEGAN_TOKEN)")
+    pg.set_defaults(func=_playground)
 
     inf = sub.add_parser("info", help="the served model's facts, versions and limits, as JSON")
     client_args(inf)
