@@ -115,6 +115,10 @@ def main() -> None:
             teardown()
         if not dist.is_main:
             return
+        if a.out:  # the parent prints; this rank only hands its rows over
+            with open(a.out, "w") as f:
+                json.dump({"rows": rows}, f)
+            return
     else:
         rows = []
         for n in a.ranks:

@@ -439,7 +439,7 @@ def wrap_networks(
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    wrapped = [DDP(m, device_ids=ids, broadcast_buffers=broadcast_buffers) for m in (E, G, D)]
+    wrapped = [DDP(m, device_ids=ids, forward_sync_buffers=broadcast_buffers) for m in (E, G, D)]
     if compile:
         wrapped = [torch.compile(m) for m in wrapped]
         D = torch.compile(D)
