@@ -228,3 +228,17 @@ def _png() -> bytes:
     from conftest import encode, pattern
 
     return encode(pattern(40, 40), "PNG")
+
+
+def test_gateway_reads_latent_directions_from_the_repository_volume_read_only():
+    docs = render({})
+    (gw,) = find(docs, "Deployment", "-gateway")
+    pod = gw["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert {"name": "VAEGAN_DIRECTIONS_REPOSITORY", "value": "/models"} in c["env"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
+    assert mount["readOnly"] is True and mount["mountPath"] == "/models"
+    claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    (gw_os,) = find(render(VALUE_FILES["gpu-objectstore"]), "Deployment", "-gateway")
+    assert "models" not in {v["name"] for v in gw_os["spec"]["template"]["spec"]["volumes"]}
