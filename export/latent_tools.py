@@ -88,9 +88,16 @@ def sweep_grid(
 
     version = store.resolve_version(Path(repo), version)
     model = OfflineModel(repo, version)
-    d = lookup(store.load(repo, version), name)
     z = model.encode(np.stack([preprocess(p, model.crop) for p in images]))
-    frames = model.decode(sweep(z, d, np.linspace(low, high, steps)))
+    weights = np.linspace(low, high, steps)
+    found = store.load(repo, version)
+    if name.isdigit():  # the first N latent dimensions, one row each, for the first image
+        rows = [
+            sweep(z[:1], lookup(found, f"dim{i}", z.shape[1]), weights) for i in range(int(name))
+        ]
+        frames = model.decode(np.concatenate(rows))
+    else:
+        frames = model.decode(sweep(z, lookup(found, name, z.shape[1]), weights))
     save_grid(frames, Path(out), nrow=steps)
     return Path(out)
 

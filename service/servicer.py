@@ -229,7 +229,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         for name, w in request.weights.items():
             if not np.isfinite(w):
                 raise InvalidInput(f"weights[{name!r}]: {w} is not a finite number")
-            latent.lookup(found, name)
+            latent.lookup(found, name, dmeta.latent_dim)
         z, encoder_version = await self._vectors(
             [request.source], dmeta, request.model_version, deadline, "source"
         )
@@ -241,7 +241,8 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             if not (np.isfinite(sw.low) and np.isfinite(sw.high)):
                 raise InvalidInput("sweep.low and sweep.high must be finite numbers")
             weights = np.linspace(sw.low, sw.high, sw.steps, dtype=np.float32).tolist()
-            z = latent.sweep(z, latent.lookup(found, sw.name), np.asarray(weights))
+            d = latent.lookup(found, sw.name, dmeta.latent_dim)
+            z = latent.sweep(z, d, np.asarray(weights))
         else:
             z = latent.edit(z, found, dict(request.weights))
         pixels = (await self.g.run("decoder", dmeta, z, deadline))["image"]

@@ -168,3 +168,25 @@ def test_export_with_data_stores_principal_directions_with_the_new_version(
         log=lambda *_: None,
     )
     assert store.load(tmp_path / "repo", "2") == {}  # no --data: no directions, none borrowed
+
+
+def test_raw_latent_axes_are_directions_of_every_model():
+    from vaegan.latent import lookup
+
+    d = lookup({}, "dim3", latent_dim=8)
+    assert d.array().tolist() == [0, 0, 0, 1, 0, 0, 0, 0] and d.scale == 1
+    with pytest.raises(InvalidInput, match="dim0..dim7"):
+        lookup({}, "dim8", latent_dim=8)
+    with pytest.raises(NotFound):
+        lookup({}, "dim3")  # without the model's latent size there are no axes
+
+
+def test_per_dimension_sweep_grid_has_one_row_per_dimension(own_repo, discs_and_squares, tmp_path):
+    _, squares = discs_and_squares
+    out = tmp_path / "dims.png"
+    image = str(next(squares.iterdir()))
+    args = ["sweep", image, "--direction", "4", "--steps", "5", "--out", str(out)]
+    assert main([*args, "--repository", str(own_repo)]) == 0
+    grid = np.asarray(Image.open(out))
+    tile = (grid.shape[1] - 2) // 5  # save_grid's padding: rows and columns of equal tiles
+    assert round((grid.shape[0] - 2) / tile) == 4

@@ -313,7 +313,8 @@ def _sweep(a: argparse.Namespace) -> int:
         high=a.range[1],
         steps=a.steps,
     )
-    print(f"wrote {out}: {len(a.images)} rows x {a.steps} weights of {a.direction}")
+    rows = int(a.direction) if a.direction.isdigit() else len(a.images)
+    print(f"wrote {out}: {rows} rows x {a.steps} weights of {a.direction}")
     return 0
 
 
@@ -683,7 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a PNG grid: each image moved along one direction over a range of weights",
     )
     sw.add_argument("images", nargs="+", help="PNG/JPEG files, one grid row each")
-    sw.add_argument("--direction", required=True, help="an attribute or pc1..pcK")
+    sw.add_argument(
+        "--direction",
+        required=True,
+        help="an attribute, pc1..pcK, a latent axis dimN, or a number N: the first N latent "
+        "dimensions, one row each, for the first image (a per-dimension grid)",
+    )
     sw.add_argument("--repository", required=True, help="model repository (vaegan export)")
     sw.add_argument("--version", default="", help="model version (default: the newest)")
     sw.add_argument(

@@ -9,6 +9,7 @@ training set's ``mu``s, scaled so that weight 1 is one standard deviation along 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,7 +105,7 @@ def edit(z: np.ndarray, directions: dict[str, Direction], weights: dict[str, flo
     """``z`` [N, D] moved by ``weight * scale`` along each named direction."""
     out = np.array(z, np.float32, copy=True)
     for name, w in weights.items():
-        d = lookup(directions, name)
+        d = lookup(directions, name, z.shape[1])
         out += np.float32(w * d.scale) * d.array()
     return out
 
@@ -120,8 +121,23 @@ def analogy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.mean(0) - b.mean(0) + c.mean(0)).astype(np.float32)
 
 
-def lookup(directions: dict[str, Direction], name: str) -> Direction:
+def axis(index: int, latent_dim: int) -> Direction:
+    """Latent dimension ``index`` as a direction; weight 1 = one standard deviation of the prior."""
+    if not 0 <= index < latent_dim:
+        raise InvalidInput(f"dim{index}: the latent has dimensions dim0..dim{latent_dim - 1}")
+    v = np.zeros(latent_dim, np.float32)
+    v[index] = 1
+    return Direction(name=f"dim{index}", vector=v.tolist(), kind="dimension")
+
+
+def lookup(directions: dict[str, Direction], name: str, latent_dim: int | None = None) -> Direction:
+    """A stored direction, or ``dimN`` (any model's raw latent axes, when its size is given)."""
+    if name not in directions and latent_dim is not None and re.fullmatch(r"dim\d+", name):
+        return axis(int(name[3:]), latent_dim)
     if name not in directions:
         known = ", ".join(sorted(directions)) or "none"
-        raise NotFound(f"no direction {name!r} for this model version (known: {known})")
+        raise NotFound(
+            f"no direction {name!r} for this model version (known: {known}; dim0, dim1, ... "
+            "are the raw latent axes)"
+        )
     return directions[name]
