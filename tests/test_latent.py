@@ -175,7 +175,7 @@ def test_raw_latent_axes_are_directions_of_every_model():
 
     d = lookup({}, "dim3", latent_dim=8)
     assert d.array().tolist() == [0, 0, 0, 1, 0, 0, 0, 0] and d.scale == 1
-    with pytest.raises(InvalidInput, match="dim0..dim7"):
+    with pytest.raises(InvalidInput, match=r"dim0\.\.dim7"):
         lookup({}, "dim8", latent_dim=8)
     with pytest.raises(NotFound):
         lookup({}, "dim3")  # without the model's latent size there are no axes
