@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 
 import grpc
+import numpy as np
 import pytest
 from gateway_harness import GatewayThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -140,8 +141,14 @@ def test_bearer_token_is_required_before_any_decoding_and_health_stays_open(repo
         for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
             code = _code(lambda m=metadata: stub.Encode(huge_bad_image, metadata=m, timeout=5))
             assert code == grpc.StatusCode.UNAUTHENTICATED  # not INVALID_ARGUMENT: never decoded
+        walk = pb.InterpolateRequest(
+            keyframes=[pb.Keyframe(embedding=pb.Embedding(values=[0.0] * 16))] * 2, steps=1
+        )
+        code = _code(lambda: list(stub.InterpolateStream(walk, timeout=5)))  # a streaming RPC
+        assert code == grpc.StatusCode.UNAUTHENTICATED
         with LatentClient(gw.target, token=TOKEN) as c:
             assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+            assert len(list(c.interpolate_stream([np.zeros(16), np.ones(16)], 1))) == 3
         with LatentClient(gw.target, token="another-token") as c:
             assert c.info().latent_dim == 16
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(gw.target))
