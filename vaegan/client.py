@@ -135,24 +135,8 @@ class LatentClient:
         self, keyframes: list, steps: int, *, spherical: bool = True, model_version: str = ""
     ) -> tuple[np.ndarray, np.ndarray]:
         """Keyframes are image bytes or vectors."""
-        keys = [
-            pb.Keyframe(image=k)
-            if isinstance(k, bytes | bytearray)
-            else pb.Keyframe(embedding=_embedding(k))
-            for k in keyframes
-        ]
-        method = pb.INTERPOLATION_METHOD_SPHERICAL if spherical else pb.INTERPOLATION_METHOD_LINEAR
-        r = self.stub.Interpolate(
-            pb.InterpolateRequest(
-                keyframes=keys,
-                steps=steps,
-                method=method,
-                output=self.RAW,
-                model_version=model_version,
-            ),
-            timeout=self.timeout,
-            metadata=self.metadata,
-        )
+        request = self._interpolation(keyframes, steps, spherical, model_version)
+        r = self.stub.Interpolate(request, timeout=self.timeout, metadata=self.metadata)
         return pixels(r.images), vectors(r.embeddings)
 
     def interpolate_stream(
@@ -160,6 +144,13 @@ class LatentClient:
     ):
         """Like ``interpolate``, but yields (index, total, pixels [H, W, 3], vector) per frame
         as the server decodes them."""
+        request = self._interpolation(keyframes, steps, spherical, model_version)
+        for f in self.stub.InterpolateStream(request, timeout=self.timeout, metadata=self.metadata):
+            yield f.index, f.total, pixels([f.image])[0], np.asarray(f.embedding.values, np.float32)
+
+    def _interpolation(
+        self, keyframes: list, steps: int, spherical: bool, model_version: str
+    ) -> pb.InterpolateRequest:
         keys = [
             pb.Keyframe(image=k)
             if isinstance(k, bytes | bytearray)
@@ -167,11 +158,9 @@ class LatentClient:
             for k in keyframes
         ]
         method = pb.INTERPOLATION_METHOD_SPHERICAL if spherical else pb.INTERPOLATION_METHOD_LINEAR
-        request = pb.InterpolateRequest(
+        return pb.InterpolateRequest(
             keyframes=keys, steps=steps, method=method, output=self.RAW, model_version=model_version
         )
-        for f in self.stub.InterpolateStream(request, timeout=self.timeout, metadata=self.metadata):
-            yield f.index, f.total, pixels([f.image])[0], np.asarray(f.embedding.values, np.float32)
 
     def info(self) -> pb.ModelInfo:
         return self.stub.GetModelInfo(
