@@ -32,9 +32,22 @@ def resolve_version(repo: Path, version: str = "") -> str:
     return version
 
 
-def identity(repo: Path, version: str) -> dict[str, str]:
+def path(repo: str | Path, version: str) -> Path:
+    return Path(repo) / api.DECODER_MODEL / version / FILE
+
+
+def model_identity(version: str, encoder_sha256: str, decoder_sha256: str) -> dict[str, str]:
     """What makes a model version itself: its graphs' digests."""
-    out = {"model_version": version}
+    return {
+        "model_version": version,
+        f"{api.ENCODER_MODEL}_onnx_sha256": encoder_sha256,
+        f"{api.DECODER_MODEL}_onnx_sha256": decoder_sha256,
+    }
+
+
+def identity(repo: Path, version: str) -> dict[str, str]:
+    """The identity of a version on disk, from its models' facts.json."""
+    digests = []
     for model in (api.ENCODER_MODEL, api.DECODER_MODEL):
         facts_path = Path(repo) / model / version / "facts.json"
         try:
@@ -43,24 +56,23 @@ def identity(repo: Path, version: str) -> dict[str, str]:
             raise NotFound(
                 f"{facts_path} is missing or unreadable; export this version again"
             ) from None
-        out[f"{model}_onnx_sha256"] = facts.get("onnx_sha256", "")
-    return out
+        digests.append(facts.get("onnx_sha256", ""))
+    return model_identity(version, *digests)
 
 
 def load(repo: str | Path, version: str) -> dict[str, Direction]:
     """The directions of one version ({} when it has none); refuses another version's file."""
-    repo = Path(repo)
-    path = repo / api.DECODER_MODEL / version / FILE
-    if not path.is_file():
+    repo, file = Path(repo), path(repo, version)
+    if not file.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(file.read_text())
     except ValueError as e:
-        raise VaeganError(f"{path}: not valid JSON ({e})") from None
+        raise VaeganError(f"{file}: not valid JSON ({e})") from None
     expected = identity(repo, version)
     if data.get("model") != expected:
         raise FailedPrecondition(
-            f"{path} belongs to another model ({data.get('model')}), not version {version} "
+            f"{file} belongs to another model ({data.get('model')}), not version {version} "
             f"({expected}); recompute the directions with 'vaegan attributes add'"
         )
     return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
@@ -74,10 +86,9 @@ def file_bytes(model: dict[str, str], directions: dict[str, Direction]) -> bytes
 
 def save(repo: str | Path, version: str, directions: dict[str, Direction]) -> Path:
     """Write the version's directions atomically (readers see the old or the new file)."""
-    repo = Path(repo)
-    path = repo / api.DECODER_MODEL / version / FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".directions-")
+    file = path(repo, version)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".directions-")
     with os.fdopen(fd, "wb") as f:
-        f.write(file_bytes(identity(repo, version), directions))
-    os.replace(tmp, path)
-    return path
+        f.write(file_bytes(identity(Path(repo), version), directions))
+    os.replace(tmp, file)
+    return file

@@ -194,9 +194,9 @@ def export(
         }
         plans.append(repo_mod.plan_model(repository, spec, files, facts))
     if pcs and plans[0].version == plans[1].version:  # written with the version, atomically
-        identity = {"model_version": str(plans[1].version)}
-        for plan, model_name in zip(plans, (api.ENCODER_MODEL, api.DECODER_MODEL), strict=True):
-            identity[f"{model_name}_onnx_sha256"] = plan.facts["onnx_sha256"]
+        identity = directions.model_identity(
+            str(plans[1].version), plans[0].facts["onnx_sha256"], plans[1].facts["onnx_sha256"]
+        )
         plans[1].files[directions.FILE] = directions.file_bytes(identity, {d.name: d for d in pcs})
     elif pcs:
         log("encoder and decoder versions differ: principal directions not stored")

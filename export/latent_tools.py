@@ -15,7 +15,6 @@ from vaegan.latent import (
     Direction,
     attribute_direction,
     lookup,
-    principal_directions,
     roc_auc,
     sweep,
 )
@@ -46,8 +45,8 @@ def add_attribute(
 ) -> tuple[Direction, HeldOut | None, Path]:
     version = store.resolve_version(Path(repo), version)
     model = OfflineModel(repo, version)
-    pix_with, _ = model.load_folder(with_dir)
-    pix_without, _ = model.load_folder(without_dir)
+    pix_with = model.load_folder(with_dir)
+    pix_without = model.load_folder(without_dir)
     rng = np.random.default_rng(seed)
     keep_with, test_with = _split(len(pix_with), holdout, rng)
     keep_without, test_without = _split(len(pix_without), holdout, rng)
@@ -60,16 +59,6 @@ def add_attribute(
     found = store.load(repo, version)
     found[name] = d
     return d, held, store.save(repo, version, found)
-
-
-def add_principal(repo: str | Path, version: str, pixels: np.ndarray, k: int) -> list[Direction]:
-    """pc1..pcK of the encodings of ``pixels`` (the training set, at export)."""
-    model = OfflineModel(repo, version)
-    pcs = principal_directions(model.encode(pixels), k)
-    found = store.load(repo, version)
-    found.update({d.name: d for d in pcs})
-    store.save(repo, version, found)
-    return pcs
 
 
 def sweep_grid(

@@ -58,7 +58,7 @@ class OfflineModel:
             ]
         )
 
-    def load_folder(self, folder: str | Path) -> tuple[np.ndarray, list[Path]]:
+    def load_folder(self, folder: str | Path) -> np.ndarray:
         """Every PNG/JPEG under ``folder``, cropped as the model was trained."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -66,4 +66,4 @@ class OfflineModel:
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         pixels = [preprocess(p, self.crop) for p in paths]
         size = self.crop.size
-        return (np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)), paths
+        return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)

@@ -4,11 +4,9 @@ deadlines, and the model facts used to validate requests. Array in, array out.""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from vaegan import interface as api
 from vaegan.errors import InvalidInput
 from vaegan.export import directions as directions_store
 from vaegan.latent import Direction
@@ -32,7 +30,7 @@ class Gateway:
         root = self.settings.directions_repository or self.settings.model_repository
         if not root:
             return {}
-        path = Path(root) / api.DECODER_MODEL / version / directions_store.FILE
+        path = directions_store.path(root, version)
         stamp = path.stat().st_mtime_ns if path.is_file() else None
         cached = self._directions.get(version)
         if cached is None or cached[0] != stamp:

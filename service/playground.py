@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,6 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 PAGE = Path(__file__).with_name("playground.html")
 MAX_UPLOAD = 8 * 1024 * 1024
-log = logging.getLogger("vaegan.playground")
 
 # gRPC status -> HTTP status for the page (the gRPC message is shown as is).
 HTTP_STATUS = {
