@@ -1,10 +1,16 @@
 """Load test of the whole path (client -> `vaegan serve` -> local Triton), loopback only,
 bounded in time and count: measure capacity, then offer 0.7x and 3x of it open-loop.
 
-    python -m benchmarks.loadtest --repository outputs/demo_repository [--seconds 10] [--out FILE]
+    python -m benchmarks.loadtest --repository outputs/demo_repository [--seconds 10]
+        [--items 1] [--connections 16] [--out FILE]
 
 For each phase: offered and achieved rate, p50/p99 of the calls that succeeded, the status
 code mix, and the gateway's own counts (grpc_server_handled_total) against the client's.
+Two checks say whether a phase measured the server at all: the generator's send lag (its
+own event loop saturated) and the server side's CPU use (gateway and Triton, with Triton's
+backend processes, as a fraction of the cores they run on). When the server's cores are
+full, accepted calls wait in the transport before any admission check can see them, so no
+in-process policy can keep their latency: the load must be shed before it costs CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +36,43 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 MAX_CALLS = 200_000  # hard bound on any phase
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and all its living descendants (/proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(c for c, parent in parents.items() if parent == pid)
+    return total
+
+
+class ServerCpu:
+    """CPU used by the server side (the gateway, Triton and Triton's backend stubs) between
+    two readings, as a fraction of the cores it may run on."""
+
+    def __init__(self, pids: list[int], cores: int):
+        self.pids, self.cores = pids, cores
+
+    def read(self) -> tuple[float, float]:
+        return time.monotonic(), sum(tree_cpu_seconds(p) for p in self.pids)
+
+    def utilisation(self, since: tuple[float, float]) -> float:
+        now = self.read()
+        return (now[1] - since[1]) / (now[0] - since[0]) / self.cores
+
+
 def handled(metrics_url: str) -> Counter:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,11 +84,12 @@ def handled(metrics_url: str) -> Counter:
     return counts
 
 
-async def closed_loop(stub, req, clients: int, seconds: float) -> float:
+async def closed_loop(stubs, req, clients: int, seconds: float) -> float:
     done, end = 0, time.monotonic() + seconds
 
-    async def worker():
+    async def worker(i: int):
         nonlocal done
+        stub = stubs[i % len(stubs)]
         while time.monotonic() < end:
             try:
                 await stub.Generate(req, timeout=5)
@@ -54,16 +98,18 @@ async def closed_loop(stub, req, clients: int, seconds: float) -> float:
                 pass
 
     start = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(i) for i in range(clients)))
     return done / (time.monotonic() - start)
 
 
-async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> dict:
-    """Send at a fixed rate regardless of answers (what callers under load do)."""
+async def open_loop(stubs, req, rate: float, seconds: float, deadline: float) -> dict:
+    """Send at a fixed rate regardless of answers (what callers under load do), spread over
+    the connections as many callers would."""
     codes: Counter = Counter()
+    examples: dict[str, str] = {}  # one message per status code, to tell causes apart
     latencies: list[float] = []
 
-    async def one():
+    async def one(stub):
         t = time.perf_counter()
         try:
             await stub.Generate(req, timeout=deadline)
@@ -71,13 +117,14 @@ async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> 
             latencies.append(time.perf_counter() - t)
         except grpc.aio.AioRpcError as e:
             codes[e.code().name] += 1
+            examples.setdefault(e.code().name, e.details() or "")
 
     tasks, lags, start = [], [], time.monotonic()
-    n = min(int(rate * seconds), MAX_CALLS)
+    n = max(1, min(int(rate * seconds), MAX_CALLS))
     for i in range(n):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
         lags.append(time.monotonic() - (start + i / rate))
-        tasks.append(asyncio.create_task(one()))
+        tasks.append(asyncio.create_task(one(stubs[i % len(stubs)])))
     await asyncio.gather(*tasks)
     # How late the generator sent, against its schedule: when this grows, the generator's
     # own event loop is saturated and its latencies include its own delay, not only the server's.
@@ -89,25 +136,47 @@ async def open_loop(stub, req, rate: float, seconds: float, deadline: float) -> 
         "sent": n,
         "ok_per_s": codes["OK"] / elapsed,
         "codes": dict(codes),
+        "examples": examples,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "send_lag_p99_ms": lag_p99,
     }
 
 
-async def run(target: str, metrics_url: str, latent: int, seconds: float, deadline: float) -> dict:
-    channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.LatentServiceStub(channel)
+async def run(
+    target: str,
+    metrics_url: str,
+    cpu: ServerCpu,
+    latent: int,
+    *,
+    items: int,
+    connections: int,
+    seconds: float,
+    deadline: float,
+) -> dict:
+    # One channel per simulated caller: gRPC gives each its own connection only when its
+    # subchannel is not shared with the others.
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    stubs = [pb_grpc.LatentServiceStub(c) for c in channels]
+    rng = np.random.default_rng(0)
     req = pb.GenerateRequest(
-        embeddings=pb.EmbeddingList(items=[pb.Embedding(values=[0.1] * latent)]),
+        embeddings=pb.EmbeddingList(
+            items=[pb.Embedding(values=rng.standard_normal(latent).tolist()) for _ in range(items)]
+        ),
         output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW),
     )
-    await stub.Generate(req, timeout=10)
-    capacity = await closed_loop(stub, req, 64, min(seconds, 5))
-    out = {"capacity_per_s": capacity, "phases": {}}
+    for stub in stubs:
+        await stub.Generate(req, timeout=10)
+    capacity = await closed_loop(stubs, req, 64, min(seconds, 5))
+    out = {"capacity_per_s": capacity, "items_per_call": items, "connections": connections}
+    out["phases"] = {}
     for factor in (0.7, 3.0):
-        before = handled(metrics_url)
-        phase = await open_loop(stub, req, capacity * factor, seconds, deadline)
+        before, cpu_before = handled(metrics_url), cpu.read()
+        phase = await open_loop(stubs, req, capacity * factor, seconds, deadline)
+        phase["server_cpu"] = cpu.utilisation(cpu_before)
         await asyncio.sleep(0.5)
         server = handled(metrics_url) - before
         phase["gateway_counts"] = dict(server)
@@ -115,7 +184,8 @@ async def run(target: str, metrics_url: str, latent: int, seconds: float, deadli
         # the client's own deadline can end on the client before the server records it).
         phase["counts_agree"] = server.get("OK", 0) == phase["codes"].get("OK", 0)
         out["phases"][f"{factor}x"] = phase
-    await channel.close()
+    for c in channels:
+        await c.close()
     return out
 
 
@@ -126,6 +196,10 @@ def main() -> None:
     p.add_argument("--repository", required=True)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--deadline", type=float, default=1.0, help="per-call deadline in seconds")
+    p.add_argument("--items", type=int, default=1, help="embeddings per Generate call")
+    p.add_argument(
+        "--connections", type=int, default=16, help="client connections (simulated callers)"
+    )
     p.add_argument(
         "--separate-cores",
         action=argparse.BooleanOptionalAction,
@@ -149,19 +223,37 @@ def main() -> None:
         if a.separate_cores and len(cpus) > 1:
             os.sched_setaffinity(0, client_cpus)
             print(f"server on cores {sorted(server_cpus)}, load generator on {sorted(client_cpus)}")
-        result = asyncio.run(run(gw.target, gw.metrics_url, latent, a.seconds, a.deadline))
-    print(f"capacity (64 clients, closed loop): {result['capacity_per_s']:.0f} calls/s")
+        cpu = ServerCpu([gw.process.pid, triton.process.pid], len(server_cpus))
+        result = asyncio.run(
+            run(
+                gw.target,
+                gw.metrics_url,
+                cpu,
+                latent,
+                items=a.items,
+                connections=a.connections,
+                seconds=a.seconds,
+                deadline=a.deadline,
+            )
+        )
     print(
-        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lag p99':>8}  client codes | gateway counts | agree"
+        f"capacity (64 clients on {a.connections} connections, closed loop, {a.items} "
+        f"embedding(s) per call): {result['capacity_per_s']:.0f} calls/s"
+    )
+    print(
+        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lag p99':>8} "
+        f"{'srv cpu':>8}  client codes | gateway counts | agree"
     )
     for name, r in result["phases"].items():
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
         print(
             f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8} "
-            f"{r['send_lag_p99_ms']:>8.1f}  {r['codes']} | "
+            f"{r['send_lag_p99_ms']:>8.1f} {r['server_cpu']:>8.0%}  {r['codes']} | "
             f"{r['gateway_counts']} | {r['counts_agree']}"
         )
+        for code, message in r["examples"].items():
+            print(f"         {code}: {message}")
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
 

@@ -23,8 +23,10 @@ class TritonPythonModel:
         threads = int(
             config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0")
         )
-        if threads > 0:
-            options.intra_op_num_threads = threads
+        # Always an explicit count: with its default (0) ONNX Runtime pins a worker thread to
+        # every core of the machine, even cores this process was not given (measured here:
+        # a stub limited to core 0 ran a worker on core 1), so it escapes CPU pinning.
+        options.intra_op_num_threads = threads if threads > 0 else len(os.sched_getaffinity(0))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = {
             t["name"]: (

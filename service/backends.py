@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -160,8 +161,12 @@ class OnnxBackend(Backend):
             path = self.repository / self.names[role] / version / "model.onnx"
             if not path.is_file():
                 raise Unavailable(f"{path} is missing")
+            options = ort.SessionOptions()
+            # Explicit, so ONNX Runtime keeps to the cores this process may use (its default
+            # pins worker threads to every core of the machine).
+            options.intra_op_num_threads = len(os.sched_getaffinity(0))
             self._sessions[key] = ort.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"]
+                str(path), options, providers=["CPUExecutionProvider"]
             )
         return self._sessions[key]
 

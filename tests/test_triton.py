@@ -118,3 +118,56 @@ def test_server_is_stopped_by_pid_when_the_block_fails(tiny_checkpoint, tmp_path
         raise RuntimeError("test failure")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _allowed_cpus(status_path: Path) -> set[int]:
+    text = status_path.read_text().split("Cpus_allowed_list:")[1].split()[0]
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(c for c, p in parents.items() if p == pid)
+    return found
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_the_python_backend_keeps_onnx_runtime_on_the_cpus_triton_was_given(served, tmp_path):
+    """ONNX Runtime's default thread pool pins a worker to every core of the machine, even
+    cores the process was not given; the model must ask for an explicit count instead."""
+    (server, _), mine = served, os.sched_getaffinity(0)
+    one = {min(mine)}
+    os.sched_setaffinity(0, one)  # the children inherit it, as under taskset or a cpuset
+    try:
+        pinned = LocalTriton(server.repository, log_path=tmp_path / "triton.log").start()
+    finally:
+        os.sched_setaffinity(0, mine)
+    try:
+        client = grpcclient.InferenceServerClient(pinned.grpc_url)
+        _infer(client, "vaegan_decoder", "z", np.zeros((4, 16), np.float32), "FP32", ["image"])
+        threads = [
+            task
+            for pid in _descendants(pinned.process.pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/status")
+        ]
+        stubs = [p for p in _descendants(pinned.process.pid) if p != pinned.process.pid]
+        assert stubs, "the python backend's stub processes were not found"
+        escaped = {t.parent.name: _allowed_cpus(t) for t in threads if _allowed_cpus(t) - one}
+        assert not escaped, f"threads allowed outside CPU {one}: {escaped}"
+    finally:
+        pinned.stop()
