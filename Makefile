@@ -111,6 +111,7 @@ loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the d
 	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
 	mkdir -p $(OUT)/bench
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --out $(OUT)/bench/loadtest.json
+	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --client-throttle --out $(OUT)/bench/loadtest_throttled.json
 
 SOAK_MINUTES ?= 5
 soak: $(STAMP) $(TRITON_STAMP) ## SOAK_MINUTES of steady load; gateway memory and descriptor slopes (make demo first)

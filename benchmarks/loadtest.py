@@ -30,6 +30,8 @@ import numpy as np
 from vaegan.export.local_triton import LocalTriton
 from vaegan.export.repository import latent_dim
 from vaegan.service.process import gateway_process
+from vaegan.service.settings import add_arguments, from_args
+from vaegan.throttle import AdaptiveThrottle, AioThrottlingInterceptor
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
@@ -153,14 +155,25 @@ async def run(
     connections: int,
     seconds: float,
     deadline: float,
+    throttle: bool,
+    max_inflight: int,
 ) -> dict:
-    # One channel per simulated caller: gRPC gives each its own connection only when its
-    # subchannel is not shared with the others.
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(connections)
-    ]
-    stubs = [pb_grpc.LatentServiceStub(c) for c in channels]
+    def callers(throttled: bool):
+        # One channel per simulated caller: gRPC gives each its own connection only when its
+        # subchannel is not shared with the others. A throttled caller refuses calls itself
+        # while the gateway refuses them, as LatentClient does (vaegan.throttle).
+        throttles = [AdaptiveThrottle() for _ in range(connections)] if throttled else []
+        channels = [
+            grpc.aio.insecure_channel(
+                target,
+                options=[("grpc.use_local_subchannel_pool", 1)],
+                interceptors=[AioThrottlingInterceptor(throttles[i])] if throttled else None,
+            )
+            for i in range(connections)
+        ]
+        return channels, [pb_grpc.LatentServiceStub(c) for c in channels], throttles
+
+    channels, stubs, _ = callers(False)
     rng = np.random.default_rng(0)
     req = pb.GenerateRequest(
         embeddings=pb.EmbeddingList(
@@ -170,22 +183,34 @@ async def run(
     )
     for stub in stubs:
         await stub.Generate(req, timeout=10)
-    capacity = await closed_loop(stubs, req, 64, min(seconds, 5))
+    # Capacity: as many callers as the gateway admits at once, each sending its next call when
+    # the last is answered. More would only measure a storm of refusals.
+    capacity = await closed_loop(stubs, req, max_inflight, min(seconds, 5))
     out = {"capacity_per_s": capacity, "items_per_call": items, "connections": connections}
-    out["phases"] = {}
+    out["client_throttle"], out["phases"] = throttle, {}
+    for c in channels:
+        await c.close()
     for factor in (0.7, 3.0):
+        channels, stubs, throttles = callers(throttle)
+        for stub in stubs:  # connect before the clock starts
+            await stub.Generate(req, timeout=10)
         before, cpu_before = handled(metrics_url), cpu.read()
         phase = await open_loop(stubs, req, capacity * factor, seconds, deadline)
         phase["server_cpu"] = cpu.utilisation(cpu_before)
+        phase["refused_locally"] = sum(t.refused_locally for t in throttles)
         await asyncio.sleep(0.5)
         server = handled(metrics_url) - before
         phase["gateway_counts"] = dict(server)
-        # Calls the client saw end with a status the server also counted (a call cut off by
-        # the client's own deadline can end on the client before the server records it).
-        phase["counts_agree"] = server.get("OK", 0) == phase["codes"].get("OK", 0)
+        # Successes and refusals agree with what the gateway counted (refusals include those
+        # the callers made themselves). Calls cut off by the client's own deadline can end on
+        # the client before the gateway records them, so those are not compared.
+        codes = phase["codes"]
+        phase["counts_agree"] = server.get("OK", 0) == codes.get("OK", 0) and server.get(
+            "RESOURCE_EXHAUSTED", 0
+        ) + phase["refused_locally"] == codes.get("RESOURCE_EXHAUSTED", 0)
         out["phases"][f"{factor}x"] = phase
-    for c in channels:
-        await c.close()
+        for c in channels:
+            await c.close()
     return out
 
 
@@ -196,6 +221,11 @@ def main() -> None:
     p.add_argument("--repository", required=True)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--deadline", type=float, default=1.0, help="per-call deadline in seconds")
+    p.add_argument(
+        "--client-throttle",
+        action="store_true",
+        help="callers use adaptive throttling (vaegan.throttle), as LatentClient does",
+    )
     p.add_argument("--items", type=int, default=1, help="embeddings per Generate call")
     p.add_argument(
         "--connections", type=int, default=16, help="client connections (simulated callers)"
@@ -209,6 +239,10 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("gateway_args", nargs="*", help="extra `vaegan serve` flags (after --)")
     a = p.parse_args()
+    # The gateway's settings as `vaegan serve` will read them from the extra flags.
+    flags = argparse.ArgumentParser()
+    add_arguments(flags)
+    max_inflight = from_args(flags.parse_args(a.gateway_args)).max_inflight
     latent = latent_dim(a.repository)
     cpus = sorted(os.sched_getaffinity(0))
     # The server side (Triton + gateway, which inherit this affinity) and the load generator
@@ -234,12 +268,16 @@ def main() -> None:
                 connections=a.connections,
                 seconds=a.seconds,
                 deadline=a.deadline,
+                throttle=a.client_throttle,
+                max_inflight=max_inflight,
             )
         )
     print(
-        f"capacity (64 clients on {a.connections} connections, closed loop, {a.items} "
+        f"capacity ({max_inflight} clients on {a.connections} connections, closed loop, {a.items} "
         f"embedding(s) per call): {result['capacity_per_s']:.0f} calls/s"
     )
+    if a.client_throttle:
+        print("callers throttle adaptively: 'local' counts the calls they refused unsent")
     print(
         f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lag p99':>8} "
         f"{'srv cpu':>8}  client codes | gateway counts | agree"
@@ -251,6 +289,7 @@ def main() -> None:
             f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8} "
             f"{r['send_lag_p99_ms']:>8.1f} {r['server_cpu']:>8.0%}  {r['codes']} | "
             f"{r['gateway_counts']} | {r['counts_agree']}"
+            + (f" | local {r['refused_locally']}" if a.client_throttle else "")
         )
         for code, message in r["examples"].items():
             print(f"         {code}: {message}")

@@ -227,8 +227,10 @@ class TritonBackend(Backend):
         )
         self._meta_cache: dict[tuple[str, str], ModelMeta] = {}
         self._newest: dict[str, tuple[str, float]] = {}  # role -> (version, expiry)
+        self._pending: dict[tuple, asyncio.Future] = {}  # queries in flight, by key
 
     NEWEST_TTL_S = 2.0  # a new version is picked up within this long; no extra RPC per call
+    CANCEL_MARGIN_S = 1.0  # how much longer than the caller's deadline a Triton call may run
 
     async def ready(self) -> bool:
         try:
@@ -250,25 +252,42 @@ class TritonBackend(Backend):
                 if cached and cached[1] > time.monotonic():
                     version = cached[0]
                 else:
-                    md = await self.client.get_model_metadata(name, as_json=True, client_timeout=5)
-                    version = max(md.get("versions") or ["1"], key=int)
-                    self._newest[role] = (version, time.monotonic() + self.NEWEST_TTL_S)
+                    version = await self._once(("newest", role), lambda: self._fetch_newest(role))
             key = (role, version)
             if key not in self._meta_cache:
-                if not await self.client.is_model_ready(name, version, client_timeout=5):
-                    raise NotFound(f"{name} version {version} is not ready on Triton")
-                cfg = (
-                    await self.client.get_model_config(
-                        name, version, as_json=True, client_timeout=5
-                    )
-                )["config"]
-                params = {
-                    k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()
-                }
-                self._meta_cache[key] = meta_from_parameters(name, version, params)
+                self._meta_cache[key] = await self._once(
+                    ("meta", *key), lambda: self._fetch_meta(role, version)
+                )
             return self._meta_cache[key]
         except self._triton_exc() as e:
             raise triton_error(e, name) from None
+
+    async def _once(self, key: tuple, fetch):
+        """One Triton query per key at a time; concurrent callers share its answer. Without
+        this, every call waiting when the newest-version cache expires would send its own
+        metadata RPC (seen under load as bursts of dozens of ModelMetadata calls)."""
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fetch())
+            self._pending[key] = task
+            task.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(task)  # one caller giving up does not cancel the others
+
+    async def _fetch_newest(self, role: str) -> str:
+        md = await self.client.get_model_metadata(self.names[role], as_json=True, client_timeout=5)
+        version = max(md.get("versions") or ["1"], key=int)
+        self._newest[role] = (version, time.monotonic() + self.NEWEST_TTL_S)
+        return version
+
+    async def _fetch_meta(self, role: str, version: str) -> ModelMeta:
+        name = self.names[role]
+        if not await self.client.is_model_ready(name, version, client_timeout=5):
+            raise NotFound(f"{name} version {version} is not ready on Triton")
+        cfg = (await self.client.get_model_config(name, version, as_json=True, client_timeout=5))[
+            "config"
+        ]
+        params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+        return meta_from_parameters(name, version, params)
 
     def _triton_exc(self):
         from tritonclient.utils import InferenceServerException
@@ -282,10 +301,24 @@ class TritonBackend(Backend):
         )
         inp.set_data_from_numpy(array)
         outs = [t.InferRequestedOutput(o) for o in OUTPUTS[role]]
-        try:
-            res = await self.client.infer(
-                self.names[role], [inp], model_version=version, outputs=outs, client_timeout=timeout
+        # Never cancel a call Triton is working on: Triton 2.51 can crash (SIGSEGV in its
+        # gRPC frontend) when a call is cancelled as its response completes
+        # (triton-inference-server/server#7368, fixed in 24.12); here every 3x load test
+        # killed it. So the caller's remaining time goes to Triton as the request's timeout
+        # parameter, the gRPC deadline is a margin later, and a caller who gives up does not
+        # cancel the call (shield): it ends within that margin and its answer is dropped.
+        call = asyncio.ensure_future(
+            self.client.infer(
+                self.names[role],
+                [inp],
+                model_version=version,
+                outputs=outs,
+                timeout=int(timeout * 1e6) if timeout else None,
+                client_timeout=timeout + self.CANCEL_MARGIN_S if timeout else None,
             )
+        )
+        try:
+            res = await asyncio.shield(call)
         except self._triton_exc() as e:
             raise triton_error(e, self.names[role]) from None
         return {o: res.as_numpy(o) for o in OUTPUTS[role]}

@@ -335,6 +335,37 @@ def test_metrics_count_requests_by_method_and_code(gateway, client):
     assert metric_value(text, "vaegan_backend_ready") == 1
 
 
+def test_calls_waiting_on_an_expired_version_cache_share_one_triton_metadata_query(triton):
+    import asyncio
+
+    from vaegan.service.backends import TritonBackend
+    from vaegan.service.metrics import Metrics
+
+    names = {"encoder": "vaegan_encoder", "decoder": "vaegan_decoder"}
+
+    async def run():
+        backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "test"), 1 << 20)
+        queries = []
+        real = backend.client.get_model_metadata
+
+        async def counted(*args, **kwargs):  # the real Triton answers; this only counts
+            queries.append(args)
+            return await real(*args, **kwargs)
+
+        backend.client.get_model_metadata = counted
+        try:
+            first = await asyncio.gather(*(backend.meta("decoder") for _ in range(50)))
+            backend._newest.clear()  # the cache expires while 50 calls wait on it
+            second = await asyncio.gather(*(backend.meta("decoder") for _ in range(50)))
+        finally:
+            await backend.close()
+        return queries, first + second
+
+    queries, metas = asyncio.run(run())
+    assert len(queries) == 2  # one per expiry, not one per waiting call
+    assert {m.version for m in metas} == {"1"} and len(metas) == 100
+
+
 def test_triton_going_away_makes_calls_unavailable_and_coming_back_recovers(repo):
     server = LocalTriton(repo)
     server.start()

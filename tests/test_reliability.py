@@ -459,3 +459,44 @@ def _ok_stub(stub, req) -> bool:
         return len(stub.Generate(req, timeout=5).images) == 1
     except grpc.RpcError:
         return False
+
+
+def _triton_count(triton: LocalTriton, name: str) -> float:
+    text = urllib.request.urlopen(triton.metrics_url).read().decode()
+    return metric_value(text, name, model="vaegan_decoder")
+
+
+def test_a_caller_giving_up_does_not_cancel_the_call_triton_is_running(repo):
+    """Triton 2.51 can crash when a call is cancelled as its response completes
+    (triton-inference-server/server#7368); the gateway lets Triton finish instead."""
+    import asyncio
+
+    from vaegan.service.backends import TritonBackend
+    from vaegan.service.metrics import Metrics
+
+    names = {"encoder": "vaegan_encoder", "decoder": "vaegan_decoder"}
+    with LocalTriton(repo) as triton:
+
+        async def run():
+            backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "t"), 1 << 24)
+            await backend.infer("decoder", "1", np.zeros((2, 16), np.float32), 5.0)  # connected
+            before = _triton_count(triton, "nv_inference_request_success_total")
+            os.kill(triton.process.pid, signal.SIGSTOP)  # the call below waits on Triton
+            try:
+                caller = asyncio.ensure_future(
+                    backend.infer("decoder", "1", np.zeros((2, 16), np.float32), 5.0)
+                )
+                await asyncio.sleep(0.3)
+                caller.cancel()  # the caller's deadline passed, or it went away
+                with pytest.raises(asyncio.CancelledError):
+                    await caller
+            finally:
+                os.kill(triton.process.pid, signal.SIGCONT)
+            await asyncio.sleep(1.5)
+            after = _triton_count(triton, "nv_inference_request_success_total")
+            await backend.close()
+            return before, after
+
+        before, after = asyncio.run(run())
+    # Triton ran the abandoned call to completion: nothing was cancelled under it.
+    assert after == before + 1

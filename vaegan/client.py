@@ -6,7 +6,9 @@
         frames, path = c.interpolate([b_png, z[0]], steps=8)
 
 Images come back as uint8 arrays (the gateway is asked for RAW pixels). Errors raise
-``grpc.RpcError`` with the gateway's status code and message.
+``grpc.RpcError`` with the gateway's status code and message. While the gateway refuses
+calls for overload, the client refuses some itself without sending them (adaptive
+throttling, ``vaegan.throttle``); those end with RESOURCE_EXHAUSTED too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from vaegan.throttle import AdaptiveThrottle, ThrottlingInterceptor
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
@@ -58,10 +61,12 @@ class LatentClient:
         tls_ca: bytes | None = None,
         client_cert: bytes | None = None,
         client_key: bytes | None = None,
+        throttle: bool | AdaptiveThrottle = True,
     ):
         """``tls_ca`` (or ``tls=True`` for the system roots) switches to TLS; ``client_cert``
         and ``client_key`` add a client certificate (mutual TLS); ``token`` is sent as a
-        bearer token in the ``authorization`` metadata of every call."""
+        bearer token in the ``authorization`` metadata of every call. ``throttle``: adaptive
+        throttling on (True, the default), off (False), or shared (an AdaptiveThrottle)."""
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -73,7 +78,11 @@ class LatentClient:
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = pb_grpc.LatentServiceStub(self.channel)
+        self.throttle = AdaptiveThrottle() if throttle is True else (throttle or None)
+        calls = self.channel
+        if self.throttle is not None:
+            calls = grpc.intercept_channel(self.channel, ThrottlingInterceptor(self.throttle))
+        self.stub = pb_grpc.LatentServiceStub(calls)
         self.timeout = timeout
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
