@@ -303,8 +303,8 @@ class TritonBackend(Backend):
         outs = [t.InferRequestedOutput(o) for o in OUTPUTS[role]]
         # Never cancel a call Triton is working on: Triton 2.51 can crash (SIGSEGV in its
         # gRPC frontend) when a call is cancelled as its response completes
-        # (triton-inference-server/server#7368, fixed in 24.12); here every 3x load test
-        # killed it. So the caller's remaining time goes to Triton as the request's timeout
+        # (triton-inference-server/server#7368, fixed in 24.12); it died so in a load test
+        # here. So the caller's remaining time goes to Triton as the request's timeout
         # parameter, the gRPC deadline is a margin later, and a caller who gives up does not
         # cancel the call (shield): it ends within that margin and its answer is dropped.
         call = asyncio.ensure_future(
