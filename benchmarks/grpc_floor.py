@@ -1,0 +1,126 @@
+"""The floor under any Python gRPC gateway: CPU per call of a bare grpc.aio server whose
+handler does nothing (answers OK) or refuses (aborts with RESOURCE_EXHAUSTED), with the
+server pinned to one core and the client on the others.
+
+    python -m benchmarks.grpc_floor [--seconds 5] [--out FILE]
+
+If refusing costs about what serving costs, a single gateway process cannot shed load
+offered faster than 1 / (CPU per call) in-process, whatever its admission policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from vaegan.export.local_triton import free_port
+
+SERVER = """
+import asyncio, sys, grpc
+refuse = sys.argv[2] == "refuse"
+async def handler(request, context):
+    if refuse:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
+    return b""
+class Any(grpc.GenericRpcHandler):
+    def service(self, details):
+        return grpc.unary_unary_rpc_method_handler(handler)
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Any(),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(target: str, seconds: float, connections: int, concurrency: int) -> int:
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    calls = [c.unary_unary("/floor/Call") for c in channels]
+    done, end = 0, time.monotonic() + seconds
+
+    async def worker(i: int):
+        nonlocal done
+        while time.monotonic() < end:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # refusals count as answered calls
+                await calls[i % connections](b"", timeout=5)
+            done += 1
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    for c in channels:
+        await c.close()
+    return done
+
+
+def measure(mode: str, seconds: float, server_cpu: int, client_cpus: set[int]) -> dict:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), mode],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, {server_cpu}),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        os.sched_setaffinity(0, client_cpus)
+        target = f"127.0.0.1:{port}"
+        asyncio.run(drive(target, 0.5, 8, 64))  # connect and warm up
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        calls = asyncio.run(drive(target, seconds, 8, 128))
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {
+        "mode": mode,
+        "calls_per_s": calls / elapsed,
+        "server_cpu_ms_per_call": 1e3 * cpu / calls,
+        "server_utilisation": cpu / elapsed,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("needs two CPUs: one for the server, the rest for the client")
+    results = []
+    for mode in ("serve", "refuse"):
+        r = measure(mode, a.seconds, cpus[0], set(cpus[1:]))
+        results.append(r)
+        print(
+            f"bare grpc.aio, {mode:<6} on CPU {cpus[0]}: {r['calls_per_s']:6.0f} calls/s, "
+            f"{r['server_cpu_ms_per_call']:.3f} ms of server CPU per call, "
+            f"server at {r['server_utilisation']:.0%}",
+            flush=True,
+        )
+    os.sched_setaffinity(0, set(cpus))
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
