@@ -110,7 +110,7 @@ bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo f
 loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the demo model (make demo first)
 	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
 	mkdir -p $(OUT)/bench
-	$(BIN)/python -m benchmarks.grpc_floor --out $(OUT)/bench/grpc_floor.json
+	$(BIN)/python -m benchmarks.grpc_floor --repository $(OUT)/demo_repository --out $(OUT)/bench/grpc_floor.json
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --out $(OUT)/bench/loadtest.json
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --client-throttle --out $(OUT)/bench/loadtest_throttled.json
 

@@ -2,10 +2,12 @@
 handler does nothing (answers OK) or refuses (aborts with RESOURCE_EXHAUSTED), with the
 server pinned to one core and the client on the others.
 
-    python -m benchmarks.grpc_floor [--seconds 5] [--out FILE]
+    python -m benchmarks.grpc_floor [--seconds 5] [--repository REPO] [--out FILE]
 
 If refusing costs about what serving costs, a single gateway process cannot shed load
-offered faster than 1 / (CPU per call) in-process, whatever its admission policy.
+offered faster than 1 / (CPU per call) in-process, whatever its admission policy. With
+``--repository``, the same is measured for `vaegan serve` refusing every call
+(``--max-inflight 0``), to compare the gateway's refusal path with the floor.
 """
 
 from __future__ import annotations
@@ -50,19 +52,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(target: str, seconds: float, connections: int, concurrency: int) -> int:
+async def drive(
+    target: str, seconds: float, connections: int, concurrency: int, method: str, body: bytes
+) -> int:
     channels = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(connections)
     ]
-    calls = [c.unary_unary("/floor/Call") for c in channels]
+    calls = [c.unary_unary(method) for c in channels]
     done, end = 0, time.monotonic() + seconds
 
     async def worker(i: int):
         nonlocal done
         while time.monotonic() < end:
             with contextlib.suppress(grpc.aio.AioRpcError):  # refusals count as answered calls
-                await calls[i % connections](b"", timeout=5)
+                await calls[i % connections](body, timeout=5)
             done += 1
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -71,30 +75,44 @@ async def drive(target: str, seconds: float, connections: int, concurrency: int)
     return done
 
 
-def measure(mode: str, seconds: float, server_cpu: int, client_cpus: set[int]) -> dict:
+def measure(
+    name: str, command: list[str], ready, method: str, body: bytes, seconds: float, cpus
+) -> dict:
+    server_cpu, client_cpus = cpus
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port), mode],
+        [c.replace("PORT", str(port)) for c in command],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, {server_cpu}),
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        os.sched_setaffinity(0, client_cpus)
         target = f"127.0.0.1:{port}"
-        asyncio.run(drive(target, 0.5, 8, 64))  # connect and warm up
+        ready(proc, target)
+        os.sched_setaffinity(0, client_cpus)
+        asyncio.run(drive(target, 0.5, 8, 64, method, body))  # connect and warm up
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        calls = asyncio.run(drive(target, seconds, 8, 128))
+        calls = asyncio.run(drive(target, seconds, 8, 128, method, body))
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)
     return {
-        "mode": mode,
+        "server": name,
         "calls_per_s": calls / elapsed,
         "server_cpu_ms_per_call": 1e3 * cpu / calls,
         "server_utilisation": cpu / elapsed,
     }
+
+
+def _printed_ready(proc, target) -> None:
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+
+
+def _gateway_ready(proc, target) -> None:
+    from vaegan.service.process import wait_ready
+
+    wait_ready(target)
 
 
 def main() -> None:
@@ -102,17 +120,46 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--repository", default=None, help="also measure `vaegan serve` refusing")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         sys.exit("needs two CPUs: one for the server, the rest for the client")
+    pinned = (cpus[0], set(cpus[1:]))
+    runs = [  # name, server command, how to know it is up, method, request body
+        (
+            f"bare grpc.aio, {mode}",
+            [sys.executable, "-c", SERVER, "PORT", mode],
+            _printed_ready,
+            "/floor/Call",
+            b"",
+        )
+        for mode in ("serve", "refuse")
+    ]
+    if a.repository:
+        from vaegan.export.repository import latent_dim
+        from vaegan.v1 import vaegan_pb2 as pb
+
+        serve = [sys.executable, "-m", "vaegan.cli", "serve", "--model-repository", a.repository]
+        serve += ["--host", "127.0.0.1", "--port", "PORT", "--metrics-port", "0"]
+        one = pb.Embedding(values=[0.1] * latent_dim(a.repository))
+        body = pb.GenerateRequest(embeddings=pb.EmbeddingList(items=[one])).SerializeToString()
+        runs.append(
+            (
+                "vaegan serve, refuse",
+                [*serve, "--max-inflight", "0"],
+                _gateway_ready,
+                "/vaegan.v1.LatentService/Generate",
+                body,
+            )
+        )
     results = []
-    for mode in ("serve", "refuse"):
-        r = measure(mode, a.seconds, cpus[0], set(cpus[1:]))
+    for name, command, ready, method, body in runs:
+        r = measure(name, command, ready, method, body, a.seconds, pinned)
         results.append(r)
         print(
-            f"bare grpc.aio, {mode:<6} on CPU {cpus[0]}: {r['calls_per_s']:6.0f} calls/s, "
+            f"{name:<22} on CPU {cpus[0]}: {r['calls_per_s']:6.0f} calls/s, "
             f"{r['server_cpu_ms_per_call']:.3f} ms of server CPU per call, "
             f"server at {r['server_utilisation']:.0%}",
             flush=True,

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from vaegan import __version__
-from vaegan.errors import VaeganError
+from vaegan.errors import InvalidInput, VaeganError
 from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
 from vaegan.service.gateway import Gateway
 from vaegan.service.metrics import Metrics
@@ -56,38 +56,92 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics, lifecycle: Lifecycle, max_inflight: int):
         self.metrics, self.lifecycle, self.max_inflight = metrics, lifecycle, max_inflight
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # by method, built once
+        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        # Refuse before the request is parsed when the answer is already known. A refusal is
+        # what an overloaded gateway does most, and in grpc.aio it costs about as much CPU as
+        # a served call (benchmarks/grpc_floor.py); every step skipped here is capacity kept.
+        life = self.lifecycle
+        if life.draining:
+            return self._refusal(details.method, handler, "UNAVAILABLE")
+        if life.inflight >= self.max_inflight:
+            return self._refusal(details.method, handler, "RESOURCE_EXHAUSTED")
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = self._wrap(details.method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler):
+        method = full_method.rsplit("/", 1)[-1]
+        parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(request, context):
                 async with self._call(method, context):
+                    _check_parsed(request)
                     return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary, request_deserializer=parse, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             async def stream(request, context):
                 async with self._call(method, context):
+                    _check_parsed(request)
                     async for item in inner_stream(request, context):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                stream, request_deserializer=parse, response_serializer=handler.response_serializer
             )
         return handler
+
+    def _refusal(self, full_method: str, handler, code_name: str):
+        """A handler that answers ``code_name`` without parsing the request (raw bytes in)
+        and without raising (setting the status is cheaper than an abort)."""
+        key = (full_method, code_name)
+        if key in self._refusals:
+            return self._refusals[key]
+        method = full_method.rsplit("/", 1)[-1]
+        counted = self.metrics.handled.labels(SERVICE, method, code_name)
+        code = getattr(grpc.StatusCode, code_name)
+        details = self._refusal_message(code_name)
+
+        def refuse(context) -> None:
+            counted.inc()
+            context.set_code(code)
+            context.set_details(details)
+
+        if handler.unary_stream is not None:
+
+            async def refuse_stream(request, context):
+                refuse(context)
+                return
+                yield  # an async generator that sends nothing
+
+            built = grpc.unary_stream_rpc_method_handler(refuse_stream)
+        else:
+
+            async def refuse_unary(request, context):
+                refuse(context)
+                return b""
+
+            built = grpc.unary_unary_rpc_method_handler(refuse_unary)
+        self._refusals[key] = built
+        return built
+
+    def _refusal_message(self, code_name: str) -> str:
+        if code_name == "UNAVAILABLE":
+            return "the gateway is shutting down; retry (another replica)"
+        return f"the gateway is handling {self.max_inflight} calls, its limit; retry with backoff"
 
     @contextlib.asynccontextmanager
     async def _call(self, method: str, context):
@@ -97,15 +151,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         start = time.perf_counter()
         if life.draining:
             m.handled.labels(SERVICE, method, "UNAVAILABLE").inc()
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "the gateway is shutting down; retry (another replica)",
-            )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._refusal_message("UNAVAILABLE"))
+        # Checked again here: calls that passed intercept_service together can overshoot.
         if life.inflight >= cap:  # the concurrency cap: refuse now rather than queue up latency
             m.handled.labels(SERVICE, method, "RESOURCE_EXHAUSTED").inc()
             await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the gateway is handling {cap} calls, its limit; retry with backoff",
+                grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal_message("RESOURCE_EXHAUSTED")
             )
         m.inflight.inc()
         life.enter()
@@ -131,6 +182,34 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             m.inflight.dec()
             m.handled.labels(SERVICE, method, code).inc()
             m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
+
+
+class _Malformed:
+    """What a request that is not valid protobuf parses to, so the handler can answer
+    INVALID_ARGUMENT (grpc.aio itself would answer UNKNOWN, naming a Python exception)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a parser raises
+            return _Malformed(f"the request body is not a valid {name} message ({e})")
+
+    return parse
+
+
+def _check_parsed(request) -> None:
+    if type(request) is _Malformed:
+        raise InvalidInput(request.message)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

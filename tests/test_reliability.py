@@ -500,3 +500,51 @@ def test_a_caller_giving_up_does_not_cancel_the_call_triton_is_running(repo):
         before, after = asyncio.run(run())
     # Triton ran the abandoned call to completion: nothing was cancelled under it.
     assert after == before + 1
+
+
+def test_at_the_cap_calls_are_refused_before_their_request_is_parsed(repo):
+    with GatewayThread(Settings(model_repository=str(repo), max_inflight=4)) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        raw = channel.unary_unary("/vaegan.v1.LatentService/Generate")  # bytes in, bytes out
+        raw_stream = channel.unary_stream("/vaegan.v1.LatentService/InterpolateStream")
+        not_protobuf = b"\xff\xff\xff\xff"
+
+        async def hold(n):  # the cap is reached: as if four calls were running
+            gw.running.lifecycle.inflight += n
+
+        gw.call(hold(4))
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                raw(not_protobuf, timeout=5)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "its limit" in e.value.details()
+            with pytest.raises(grpc.RpcError) as e:
+                list(raw_stream(not_protobuf, timeout=5))
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            gw.call(hold(-4))
+        # Below the cap the same bytes are parsed, and fail as the malformed request they are.
+        with pytest.raises(grpc.RpcError) as e:
+            raw(not_protobuf, timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        text = urllib.request.urlopen(gw.metrics_url).read().decode()
+        assert metric_value(text, "grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED") == 2
+        with LatentClient(gw.target, timeout=10) as c:
+            assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
+
+
+def test_a_request_that_is_not_protobuf_is_invalid_argument_naming_the_message(gateway):
+    channel = grpc.insecure_channel(gateway.target)
+    unary = channel.unary_unary("/vaegan.v1.LatentService/Generate")  # bytes in, bytes out
+    stream = channel.unary_stream("/vaegan.v1.LatentService/InterpolateStream")
+    for method, send in (
+        ("Generate", lambda body: unary(body, timeout=5)),
+        ("InterpolateStream", lambda body: list(stream(body, timeout=5))),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            send(b"\xff\xff\xff\xff")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "is not a valid vaegan.v1." in e.value.details()
+        assert "class" not in e.value.details()  # no Python exception type leaks
+    with LatentClient(gateway.target, timeout=10) as c:
+        assert c.generate(count=1)[0].shape[0] == 1
