@@ -269,6 +269,7 @@ class TritonBackend(Backend):
         task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(fetch())
+            task.add_done_callback(_retrieved)
             self._pending[key] = task
             task.add_done_callback(lambda _: self._pending.pop(key, None))
         return await asyncio.shield(task)  # one caller giving up does not cancel the others
@@ -317,6 +318,7 @@ class TritonBackend(Backend):
                 client_timeout=timeout + self.CANCEL_MARGIN_S if timeout else None,
             )
         )
+        call.add_done_callback(_retrieved)
         try:
             res = await asyncio.shield(call)
         except self._triton_exc() as e:
@@ -325,6 +327,13 @@ class TritonBackend(Backend):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Marks a shielded future's outcome as seen: when every caller gave up, nobody else
+    would, and asyncio would log "exception was never retrieved" for each one."""
+    if not future.cancelled():
+        future.exception()
 
 
 def triton_error(e, name: str) -> VaeganError:

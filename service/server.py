@@ -52,7 +52,7 @@ class Lifecycle:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps the project's errors to their gRPC codes, hides everything else behind a
     generic INTERNAL (logged with its traceback), records the RPC metrics, and refuses
-    new calls while draining."""
+    new calls while draining (UNAVAILABLE) or at the concurrency cap (RESOURCE_EXHAUSTED)."""
 
     def __init__(self, metrics: Metrics, lifecycle: Lifecycle, max_inflight: int):
         self.metrics, self.lifecycle, self.max_inflight = metrics, lifecycle, max_inflight
@@ -63,9 +63,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
-        # Refuse before the request is parsed when the answer is already known. A refusal is
-        # what an overloaded gateway does most, and in grpc.aio it costs about as much CPU as
-        # a served call (benchmarks/grpc_floor.py); every step skipped here is capacity kept.
+        # Refuse before the request is parsed when the answer is already known, with a handler
+        # built once: an overloaded gateway mostly refuses, and a refusal then costs what
+        # grpc.aio itself costs (benchmarks/grpc_floor.py), whatever the request's size.
         life = self.lifecycle
         if life.draining:
             return self._refusal(details.method, handler, "UNAVAILABLE")
