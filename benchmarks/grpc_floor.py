@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.loadtest import tree_cpu_seconds
 from vaegan.export.local_triton import free_port
 
 SERVER = """
@@ -45,11 +46,6 @@ async def main():
     await server.wait_for_termination()
 asyncio.run(main())
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(
@@ -91,9 +87,9 @@ def measure(
         ready(proc, target)
         os.sched_setaffinity(0, client_cpus)
         asyncio.run(drive(target, 0.5, 8, 64, method, body))  # connect and warm up
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        cpu0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
         calls = asyncio.run(drive(target, seconds, 8, 128, method, body))
-        elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+        elapsed, cpu = time.monotonic() - t0, tree_cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(30)

@@ -64,16 +64,19 @@ class AdaptiveThrottle:
             self._buckets.append([math.floor(now / self.bucket_s) * self.bucket_s, 0, 0])
         return self._buckets[-1]
 
+    def _p(self) -> float:  # with the lock held, the window current
+        return max(0.0, (self._requests - self.k * self._accepts) / (self._requests + 1))
+
     def probability(self) -> float:
         with self._lock:
             self._bucket(self._clock())
-            return max(0.0, (self._requests - self.k * self._accepts) / (self._requests + 1))
+            return self._p()
 
     def allow(self) -> bool:
         """False means refuse this call locally (it then counts as a request at once)."""
         with self._lock:
             bucket = self._bucket(self._clock())
-            p = max(0.0, (self._requests - self.k * self._accepts) / (self._requests + 1))
+            p = self._p()
             if p > 0 and self._rand() < p:
                 bucket[1] += 1
                 self._requests += 1
