@@ -75,15 +75,37 @@ class ServerCpu:
         return (now[1] - since[1]) / (now[0] - since[0]) / self.cores
 
 
-def handled(metrics_url: str) -> Counter:
+def scrape(metrics_url: str) -> tuple[Counter, Counter]:
+    """The gateway's Generate calls by status code, and the cumulative buckets (by upper
+    bound) of its latency histogram, which holds only the calls it admitted."""
     from prometheus_client.parser import text_string_to_metric_families
 
     counts: Counter = Counter()
+    buckets: Counter = Counter()
     for fam in text_string_to_metric_families(urllib.request.urlopen(metrics_url).read().decode()):
         for s in fam.samples:
-            if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "Generate":
+            if s.labels.get("grpc_method") != "Generate":
+                continue
+            if s.name == "grpc_server_handled_total":
                 counts[s.labels["grpc_code"]] += int(s.value)
-    return counts
+            elif s.name == "grpc_server_handling_seconds_bucket":
+                buckets[float(s.labels["le"])] += s.value
+    return counts, buckets
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """What Prometheus's histogram_quantile gives: linear within the bucket holding rank q."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank, lower, below = q * buckets[bounds[-1]], 0.0, 0.0
+    for upper in bounds:
+        if buckets[upper] >= rank:
+            if upper == float("inf"):
+                return lower  # past the last finite bound: that bound is all it can say
+            return lower + (upper - lower) * (rank - below) / max(buckets[upper] - below, 1e-12)
+        lower, below = upper, buckets[upper]
+    return lower
 
 
 async def closed_loop(stubs, req, clients: int, seconds: float) -> float:
@@ -196,13 +218,20 @@ async def run(
         channels, stubs, throttles = callers(throttle)
         for stub in stubs:  # connect before the clock starts
             await stub.Generate(req, timeout=10)
-        before, cpu_before = handled(metrics_url), cpu.read()
+        (before, hist_before), cpu_before = scrape(metrics_url), cpu.read()
         phase = await open_loop(stubs, req, capacity * factor, seconds, deadline)
         phase["server_cpu"] = cpu.utilisation(cpu_before)
         phase["refused_locally"] = sum(t.refused_locally for t in throttles)
         await asyncio.sleep(0.5)
-        server = handled(metrics_url) - before
+        after, hist_after = scrape(metrics_url)
+        server = after - before
         phase["gateway_counts"] = dict(server)
+        # Latency of the calls the gateway admitted, from its own histogram: time spent
+        # in the gateway, without the callers' wait for a stream or the generator's lag.
+        admitted = {le: hist_after[le] - hist_before[le] for le in hist_after}
+        for q in (50, 99):
+            v = histogram_quantile(q / 100, admitted)
+            phase[f"gateway_p{q}_ms"] = None if v is None else v * 1e3
         # Successes and refusals agree with what the gateway counted (refusals include those
         # the callers made themselves). Calls cut off by the client's own deadline can end on
         # the client before the gateway records them, so those are not compared.
@@ -247,19 +276,23 @@ def main() -> None:
     max_inflight = from_args(flags.parse_args(a.gateway_args)).max_inflight
     latent = latent_dim(a.repository)
     cpus = sorted(os.sched_getaffinity(0))
-    # The server side (Triton + gateway, which inherit this affinity) and the load generator
-    # get separate cores, so an overloaded generator cannot steal the server's CPU.
-    server_cpus, client_cpus = set(cpus[: max(1, len(cpus) // 2)]), set(cpus[len(cpus) // 2 :])
-    if a.separate_cores and len(cpus) > 1:
-        os.sched_setaffinity(0, server_cpus)
+    # The server side (Triton and the gateway) and the load generator get separate cores, so
+    # an overloaded generator cannot steal the server's CPU. The generator pins itself before
+    # it starts any thread: Linux sets the affinity of one thread, and threads started
+    # earlier (gRPC's pollers, created by the first channel) would stay on the server's cores.
+    separate = a.separate_cores and len(cpus) > 1
+    server_cpus = set(cpus[: max(1, len(cpus) // 2)]) if separate else None
+    if separate:
+        os.sched_setaffinity(0, set(cpus[len(cpus) // 2 :]))
     with (
-        LocalTriton(a.repository) as triton,
-        gateway_process(triton.grpc_url, *a.gateway_args) as gw,
+        LocalTriton(a.repository, cpus=server_cpus) as triton,
+        gateway_process(triton.grpc_url, *a.gateway_args, cpus=server_cpus) as gw,
     ):
-        if a.separate_cores and len(cpus) > 1:
-            os.sched_setaffinity(0, client_cpus)
-            print(f"server on cores {sorted(server_cpus)}, load generator on {sorted(client_cpus)}")
-        cpu = ServerCpu([gw.process.pid, triton.process.pid], len(server_cpus))
+        if separate:
+            print(
+                f"server on cores {sorted(server_cpus)}, load generator on {sorted(os.sched_getaffinity(0))}"
+            )
+        cpu = ServerCpu([gw.process.pid, triton.process.pid], len(server_cpus or cpus))
         result = asyncio.run(
             run(
                 gw.target,
@@ -281,14 +314,18 @@ def main() -> None:
     if a.client_throttle:
         print("callers throttle adaptively: 'local' counts the calls they refused unsent")
     print(
-        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lag p99':>8} "
-        f"{'srv cpu':>8}  client codes | gateway counts | agree"
+        f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'gw p50':>8} "
+        f"{'gw p99':>8} {'lag p99':>8} {'srv cpu':>8}  client codes | gateway counts | agree"
     )
+    print("(p50/p99: OK calls as callers saw them; gw: calls the gateway admitted, its histogram)")
+
+    def ms(v):
+        return "-" if v is None else f"{v:.1f}"
+
     for name, r in result["phases"].items():
-        p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
-        p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
         print(
-            f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {p50:>8} {p99:>8} "
+            f"{name:<6} {r['offered_per_s']:>10.0f} {r['ok_per_s']:>8.0f} {ms(r['p50_ms']):>8} "
+            f"{ms(r['p99_ms']):>8} {ms(r['gateway_p50_ms']):>8} {ms(r['gateway_p99_ms']):>8} "
             f"{r['send_lag_p99_ms']:>8.1f} {r['server_cpu']:>8.0%}  {r['codes']} | "
             f"{r['gateway_counts']} | {r['counts_agree']}"
             + (f" | local {r['refused_locally']}" if a.client_throttle else "")

@@ -94,6 +94,7 @@ class LocalTriton:
         load_models: tuple[str, ...] = (),
         log_path: str | Path | None = None,
         extra_args: tuple[str, ...] = (),
+        cpus: set[int] | None = None,  # run on these CPUs only (benchmarks keep it apart)
     ):
         self.repository = Path(repository).resolve()
         self.grpc_port = grpc_port or free_port()
@@ -106,6 +107,7 @@ class LocalTriton:
             else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         )
         self.extra_args = extra_args
+        self.cpus = cpus
         self.process: subprocess.Popen | None = None
 
     @property
@@ -151,6 +153,7 @@ class LocalTriton:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
         log.close()
         self.wait_ready(timeout)

@@ -3,6 +3,7 @@ what `make demo`, the benchmarks, the load test and the soak all need."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -43,9 +44,21 @@ class GatewayProcess:
 
 @contextmanager
 def gateway_process(
-    triton_url: str, *extra_args: str, metrics: bool = True, quiet: bool = True
+    triton_url: str,
+    *extra_args: str,
+    metrics: bool = True,
+    quiet: bool = True,
+    cpus: set[int] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """`vaegan serve --triton-url ...` on free loopback ports; SIGTERM and wait on exit."""
+    """`vaegan serve --triton-url ...` on free loopback ports, on ``cpus`` if given; SIGTERM
+    and wait on exit.
+
+    It runs in its own session, as LocalTriton does, so each is its own scheduling group
+    (Linux autogroups), as separate containers would be. Left in the caller's session, a
+    load generator busy on other cores shares its group: a gateway saturated by a refusal
+    storm then took all of the core it shared with Triton, and Triton, runnable, got 0 ms
+    of CPU in 2 s here (/proc/<tid>/sched), until its python backend called its stub dead
+    and Triton aborted."""
     port, metrics_port = free_port(), (free_port() if metrics else 0)
     out = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen(
@@ -66,6 +79,8 @@ def gateway_process(
         ],
         stdout=out,
         stderr=out,
+        start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     target = f"127.0.0.1:{port}"
     try:

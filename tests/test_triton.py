@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from vaegan.errors import VaeganError
 from vaegan.export.export import ExportOptions, export, load_model
 from vaegan.export.local_triton import LocalTriton
+from vaegan.service.process import gateway_process
 from vaegan.training.model import from_pixels, to_pixels
 
 pytestmark = pytest.mark.integration
@@ -150,13 +151,9 @@ def _descendants(root: int) -> list[int]:
 def test_the_python_backend_keeps_onnx_runtime_on_the_cpus_triton_was_given(served, tmp_path):
     """ONNX Runtime's default thread pool pins a worker to every core of the machine, even
     cores the process was not given; the model must ask for an explicit count instead."""
-    (server, _), mine = served, os.sched_getaffinity(0)
-    one = {min(mine)}
-    os.sched_setaffinity(0, one)  # the children inherit it, as under taskset or a cpuset
-    try:
-        pinned = LocalTriton(server.repository, log_path=tmp_path / "triton.log").start()
-    finally:
-        os.sched_setaffinity(0, mine)
+    server, _ = served
+    one = {min(os.sched_getaffinity(0))}  # set before exec, as taskset or a cpuset would
+    pinned = LocalTriton(server.repository, log_path=tmp_path / "triton.log", cpus=one).start()
     try:
         client = grpcclient.InferenceServerClient(pinned.grpc_url)
         _infer(client, "vaegan_decoder", "z", np.zeros((4, 16), np.float32), "FP32", ["image"])
@@ -167,3 +164,16 @@ def test_the_python_backend_keeps_onnx_runtime_on_the_cpus_triton_was_given(serv
         assert not escaped, f"threads allowed outside CPU {one}: {escaped}"
     finally:
         pinned.stop()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_the_gateway_process_runs_in_its_own_session_on_the_cpus_it_was_given(served):
+    """Each server process is its own scheduling group (Linux autogroups go by session), as
+    separate containers are. In the load generator's session, a gateway saturated by a
+    refusal storm took all of the core it shared with Triton: Triton got no CPU for seconds
+    and aborted when its python backend called its stub dead."""
+    server, _ = served
+    one = {min(os.sched_getaffinity(0))}
+    with gateway_process(server.grpc_url, cpus=one) as gw:
+        assert os.getsid(gw.process.pid) == gw.process.pid != os.getsid(0)
+        assert os.sched_getaffinity(gw.process.pid) == one
