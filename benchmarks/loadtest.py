@@ -226,8 +226,9 @@ async def run(
         after, hist_after = scrape(metrics_url)
         server = after - before
         phase["gateway_counts"] = dict(server)
-        # Latency of the calls the gateway admitted, from its own histogram: time spent
-        # in the gateway, without the callers' wait for a stream or the generator's lag.
+        # Time inside the gateway of the calls past its concurrency cap (its own histogram;
+        # refusals by the batching queue included): without the callers' wait for a stream,
+        # the generator's lag, or the wait in gRPC's queue before the gateway picks a call up.
         admitted = {le: hist_after[le] - hist_before[le] for le in hist_after}
         for q in (50, 99):
             v = histogram_quantile(q / 100, admitted)
@@ -317,7 +318,10 @@ def main() -> None:
         f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'gw p50':>8} "
         f"{'gw p99':>8} {'lag p99':>8} {'srv cpu':>8}  client codes | gateway counts | agree"
     )
-    print("(p50/p99: OK calls as callers saw them; gw: calls the gateway admitted, its histogram)")
+    print(
+        "(p50/p99: OK calls as callers saw them; gw: time inside the gateway of the calls past "
+        "its cap, batching-queue refusals included)"
+    )
 
     def ms(v):
         return "-" if v is None else f"{v:.1f}"

@@ -47,8 +47,21 @@ def test_refusals_raise_the_probability_by_the_sre_rule_and_accepts_lower_it():
     assert t.probability() == pytest.approx((100 - 2 * 30) / 101)
     for _ in range(20):  # accepted again: requests 120, accepts 50 -> (120 - 100) / 121
         t.allow()
-        t.record(grpc.StatusCode.DEADLINE_EXCEEDED)  # slow, but not refused: an accept
+        t.record(grpc.StatusCode.INVALID_ARGUMENT)  # the caller's fault, not overload
     assert t.probability() == pytest.approx(20 / 121)
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, REFUSED]
+)
+def test_stream_refusals_and_deadlines_count_as_overload_like_refusals(code):
+    """A gateway whose core is full shows overload as HTTP/2 stream refusals (UNAVAILABLE)
+    and calls queued past their deadline, more than as its own RESOURCE_EXHAUSTED."""
+    t = AdaptiveThrottle(k=2, clock=Clock(), rand=lambda: 1.0)
+    for _ in range(100):
+        t.allow()
+        t.record(code)
+    assert t.probability() == pytest.approx(100 / 101)
 
 
 def test_old_outcomes_leave_the_window():

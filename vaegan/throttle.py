@@ -5,7 +5,9 @@ CPU as a served one (0.7-1 ms here), so callers that keep sending into an overlo
 can starve the calls it did accept. Each client therefore keeps, over the last two minutes,
 
     requests: calls the application attempted (including those refused locally)
-    accepts:  calls the gateway did not refuse with RESOURCE_EXHAUSTED
+    accepts:  calls that did not end in a sign of overload: RESOURCE_EXHAUSTED (the
+              gateway refused), UNAVAILABLE (HTTP/2 refused the stream, or no backend) or
+              DEADLINE_EXCEEDED (queued past the deadline)
 
 and refuses a new call itself, without sending it, with probability
 
@@ -32,6 +34,11 @@ from collections import deque
 import grpc
 
 REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
+# How an overloaded gateway answers. Past its cap it refuses (RESOURCE_EXHAUSTED), but when
+# its core is full the calls wait before Python sees them, and show up as HTTP/2 stream
+# refusals (UNAVAILABLE) and deadlines: counting only RESOURCE_EXHAUSTED, throttled callers
+# refused nothing at 3x once Triton got a fair share of the CPU (benchmarks.loadtest).
+OVERLOAD = frozenset({REFUSED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class AdaptiveThrottle:
@@ -85,21 +92,22 @@ class AdaptiveThrottle:
             return True
 
     def record(self, code: grpc.StatusCode | None) -> None:
-        """The gateway's answer to a call that was sent: anything but a refusal is an accept.
+        """The outcome of a call that was sent: anything but a sign of overload is an accept.
         A sent call counts as a request only now, with its outcome: counted when sent, calls
         still in flight would look refused (50 concurrent first calls would give p = 0.98)."""
         with self._lock:
             bucket = self._bucket(self._clock())
             bucket[1] += 1
             self._requests += 1
-            if code != REFUSED:
+            if code not in OVERLOAD:
                 bucket[2] += 1
                 self._accepts += 1
 
     def message(self) -> str:
         return (
-            f"refused by the client's adaptive throttle: the gateway has been refusing calls "
-            f"(RESOURCE_EXHAUSTED); this call was not sent (p={self.probability():.2f}); "
+            f"refused by the client's adaptive throttle: the gateway has been overloaded "
+            f"(calls refused or past their deadline); this call was not sent "
+            f"(p={self.probability():.2f}); "
             "retry with backoff"
         )
 
