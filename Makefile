@@ -113,8 +113,8 @@ loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the d
 	$(BIN)/python -m benchmarks.grpc_floor --repository $(OUT)/demo_repository --out $(OUT)/bench/grpc_floor.json
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --out $(OUT)/bench/loadtest.json
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --client-throttle --out $(OUT)/bench/loadtest_throttled.json
-	# Calls of 8 embeddings, the batching queue sized to the latency (Little's law): 32 items.
-	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --items 8 --out $(OUT)/bench/loadtest_items8.json -- --max-queue 32
+	# Calls of 8 embeddings, the batching queue and batches sized to the latency (Little's law).
+	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --items 8 --out $(OUT)/bench/loadtest_items8.json -- --max-queue 16 --max-batch-size 16
 
 SOAK_MINUTES ?= 5
 soak: $(STAMP) $(TRITON_STAMP) ## SOAK_MINUTES of steady load; gateway memory and descriptor slopes (make demo first)
