@@ -111,8 +111,11 @@ loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the d
 	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
 	mkdir -p $(OUT)/bench
 	$(BIN)/python -m benchmarks.grpc_floor --repository $(OUT)/demo_repository --out $(OUT)/bench/grpc_floor.json
+	# Callers that do not back off, with 1 s and then 100 ms deadlines.
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --out $(OUT)/bench/loadtest.json
-	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --client-throttle --out $(OUT)/bench/loadtest_throttled.json
+	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --deadline 0.1 --out $(OUT)/bench/loadtest_100ms.json
+	# Callers whose deadline is their latency budget and who throttle adaptively (k = 1.1).
+	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --deadline 0.1 --client-throttle --throttle-k 1.1 --out $(OUT)/bench/loadtest_throttled.json
 	# Calls of 8 embeddings, the batching queue and batches sized to the latency (Little's law).
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --items 8 --out $(OUT)/bench/loadtest_items8.json -- --max-queue 16 --max-batch-size 16
 

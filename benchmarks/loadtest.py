@@ -181,12 +181,15 @@ async def run(
     deadline: float,
     throttle: bool,
     max_inflight: int,
+    throttle_k: float = 2.0,
 ) -> dict:
     def callers(throttled: bool):
         # One channel per simulated caller: gRPC gives each its own connection only when its
         # subchannel is not shared with the others. A throttled caller refuses calls itself
         # while the gateway refuses them, as LatentClient does (vaegan.throttle).
-        throttles = [AdaptiveThrottle() for _ in range(connections)] if throttled else []
+        throttles = (
+            [AdaptiveThrottle(k=throttle_k) for _ in range(connections)] if throttled else []
+        )
         channels = [
             grpc.aio.insecure_channel(
                 target,
@@ -261,6 +264,12 @@ def main() -> None:
         action="store_true",
         help="callers use adaptive throttling (vaegan.throttle), as LatentClient does",
     )
+    p.add_argument(
+        "--throttle-k",
+        type=float,
+        default=2.0,
+        help="the throttle's k: callers send about k times what is accepted (SRE book: 2)",
+    )
     p.add_argument("--items", type=int, default=1, help="embeddings per Generate call")
     p.add_argument(
         "--connections", type=int, default=16, help="client connections (simulated callers)"
@@ -308,6 +317,7 @@ def main() -> None:
                 seconds=a.seconds,
                 deadline=a.deadline,
                 throttle=a.client_throttle,
+                throttle_k=a.throttle_k,
                 max_inflight=max_inflight,
             )
         )
@@ -316,7 +326,11 @@ def main() -> None:
         f"embedding(s) per call): {result['capacity_per_s']:.0f} calls/s"
     )
     if a.client_throttle:
-        print("callers throttle adaptively: 'local' counts the calls they refused unsent")
+        print(
+            f"callers throttle adaptively (k = {a.throttle_k:g}): 'local' counts the calls they "
+            "refused unsent"
+        )
+    print(f"every call's deadline: {a.deadline * 1e3:.0f} ms")
     print(
         f"{'load':<6} {'offered/s':>10} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'gw p50':>8} "
         f"{'gw p99':>8} {'lag p99':>8} {'srv cpu':>8}  client codes | gateway counts | agree"
