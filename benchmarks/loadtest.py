@@ -2,15 +2,17 @@
 bounded in time and count: measure capacity, then offer 0.7x and 3x of it open-loop.
 
     python -m benchmarks.loadtest --repository outputs/demo_repository [--seconds 10]
-        [--items 1] [--connections 16] [--out FILE]
+        [--deadline 1.0] [--client-throttle [--throttle-k 2]] [--items 1]
+        [--connections 16] [--out FILE] [-- vaegan serve flags]
 
-For each phase: offered and achieved rate, p50/p99 of the calls that succeeded, the status
-code mix, and the gateway's own counts (grpc_server_handled_total) against the client's.
-Two checks say whether a phase measured the server at all: the generator's send lag (its
-own event loop saturated) and the server side's CPU use (gateway and Triton, with Triton's
-backend processes, as a fraction of the cores they run on). When the server's cores are
-full, accepted calls wait in the transport before any admission check can see them, so no
-in-process policy can keep their latency: the load must be shed before it costs CPU.
+For each phase: offered and achieved rate, p50/p99 of the calls that succeeded as callers
+saw them and inside the gateway, the status code mix, and the gateway's own counts
+(grpc_server_handled_total) against the callers'. Two checks say whether a phase measured
+the server at all: the generator's send lag (its own event loop saturated) and the server
+side's CPU use (gateway and Triton, with Triton's backend processes, as a fraction of the
+cores they run on). When the server's core is full, calls wait in HTTP/2 and in gRPC's
+queue before any admission check can see them, so no in-process policy keeps their
+latency: callers must shed the excess (--client-throttle) with deadlines set to their budget.
 """
 
 from __future__ import annotations
