@@ -75,6 +75,29 @@ def free_port() -> int:
 _FAILURE_MARKS = ("failed to load", "Failed to", "error: creating server", "Invalid argument")
 
 
+_SHM = Path("/dev/shm")
+_SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _shm_regions() -> set[str]:
+    """The python backend's shared-memory regions on this machine (one per stub)."""
+    return {p.name for p in _SHM.glob(_SHM_PREFIX + "*")} if _SHM.is_dir() else set()
+
+
+def _mapped(names: set[str]) -> set[str]:
+    """Those of ``names`` that some living process still has mapped."""
+    found: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            maps = Path(f"/proc/{entry}/maps").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        found |= {n for n in names if n in maps}
+    return found
+
+
 def _harmless(line: str) -> bool:
     # Printed at every start on a machine without CUDA; it does not stop CPU serving.
     return "CudaDriverHelper has not been initialized" in line
@@ -109,6 +132,7 @@ class LocalTriton:
         self.extra_args = extra_args
         self.cpus = cpus
         self.process: subprocess.Popen | None = None
+        self.shared_memory: set[str] = set()  # the regions its python stubs created
 
     @property
     def grpc_url(self) -> str:
@@ -146,6 +170,7 @@ class LocalTriton:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(install.lib_dir), env.get("LD_LIBRARY_PATH")) if p
         )
+        before = _shm_regions()
         log = open(self.log_path, "wb")  # noqa: SIM115 (the child writes to it until stop())
         self.process = subprocess.Popen(
             self.command(install),
@@ -156,7 +181,10 @@ class LocalTriton:
             preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
         log.close()
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        finally:  # the stubs create their regions while the models load
+            self.shared_memory = _shm_regions() - before
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -208,14 +236,27 @@ class LocalTriton:
 
     def stop(self, grace: float = 10.0) -> None:
         p, self.process = self.process, None
-        if p is None or p.poll() is not None:
-            return
-        os.killpg(p.pid, signal.SIGTERM)  # its own session: the python stubs go too
-        try:
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)  # its own session: the python stubs go too
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self._remove_shared_memory()
+
+    def _remove_shared_memory(self, wait: float = 2.0) -> None:
+        """A Triton that crashed or was killed leaves its stubs' regions (1 MiB each by
+        default) in /dev/shm, which is small in containers: remove those no process maps
+        any more, once its stubs, which exit on their own, are gone."""
+        left = {n for n in self.shared_memory if (_SHM / n).exists()}
+        end = time.monotonic() + wait
+        while left and _mapped(left) and time.monotonic() < end:
+            time.sleep(0.1)
+            left = {n for n in left if (_SHM / n).exists()}
+        for name in left - _mapped(left):
+            (_SHM / name).unlink(missing_ok=True)
+        self.shared_memory = set()
 
     def __enter__(self) -> LocalTriton:
         return self.start() if self.process is None else self

@@ -23,15 +23,16 @@ READY = health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")
 
 def wait_ready(target: str, timeout: float = 60.0) -> None:
     """Until the gateway's readiness (the LatentService health status) is SERVING."""
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if stub.Check(READY, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if stub.Check(READY, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
     raise VaeganError(f"gateway at {target} was not ready within {timeout:.0f}s")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -177,3 +178,16 @@ def test_the_gateway_process_runs_in_its_own_session_on_the_cpus_it_was_given(se
     with gateway_process(server.grpc_url, cpus=one) as gw:
         assert os.getsid(gw.process.pid) == gw.process.pid != os.getsid(0)
         assert os.sched_getaffinity(gw.process.pid) == one
+
+
+def test_a_killed_triton_leaves_no_shared_memory_behind(served, tmp_path):
+    """Killed, Triton cannot remove its python stubs' regions from /dev/shm; stop() does,
+    once no process maps them (tests and crashes would otherwise fill a container's shm)."""
+    server, _ = served
+    killed = LocalTriton(server.repository, log_path=tmp_path / "triton.log").start()
+    regions = set(killed.shared_memory)
+    assert regions and all(Path("/dev/shm", n).exists() for n in regions)
+    os.killpg(killed.process.pid, signal.SIGKILL)
+    killed.process.wait()
+    killed.stop()
+    assert not [n for n in regions if Path("/dev/shm", n).exists()]
