@@ -64,6 +64,17 @@ def test_stream_refusals_and_deadlines_count_as_overload_like_refusals(code):
     assert t.probability() == pytest.approx(100 / 101)
 
 
+def test_a_client_with_few_calls_is_never_throttled():
+    """Two calls that met an outage must not make the client refuse its next call."""
+    t = AdaptiveThrottle(clock=Clock(), rand=lambda: 0.0, min_requests=20)
+    for _ in range(19):
+        assert t.allow()
+        t.record(grpc.StatusCode.UNAVAILABLE)
+    assert t.probability() == 0.0 and t.allow()
+    t.record(grpc.StatusCode.UNAVAILABLE)  # the 20th: now the rule applies
+    assert t.probability() == pytest.approx(20 / 21) and not t.allow()
+
+
 def test_old_outcomes_leave_the_window():
     clock = Clock()
     t = AdaptiveThrottle(window_s=10, clock=clock, rand=lambda: 1.0)

@@ -50,12 +50,18 @@ class AdaptiveThrottle:
         clock=time.monotonic,
         rand=random.random,
         bucket_s: float = 1.0,
+        min_requests: int = 20,
     ):
         if k < 1:
             raise ValueError(
                 "k must be at least 1 (k < 1 would refuse calls a healthy gateway accepts)"
             )
         self.k, self.window_s, self.bucket_s = k, window_s, bucket_s
+        # Below this many calls in the window the client never throttles (as Envoy's
+        # admission control has an RPS threshold): on a few calls the rule is noise (one
+        # failure gives p = 0.5), and so few calls cannot overload anything. Without it, a
+        # caller whose two calls met a Triton outage refused its first call after recovery.
+        self.min_requests = min_requests
         self._clock, self._rand = clock, rand
         self._buckets: deque[list] = deque()  # [start, requests, accepts], oldest first
         self._requests = self._accepts = 0
@@ -72,6 +78,8 @@ class AdaptiveThrottle:
         return self._buckets[-1]
 
     def _p(self) -> float:  # with the lock held, the window current
+        if self._requests < self.min_requests:
+            return 0.0
         return max(0.0, (self._requests - self.k * self._accepts) / (self._requests + 1))
 
     def probability(self) -> float:
