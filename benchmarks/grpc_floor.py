@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.loadtest import tree_cpu_seconds
-from vaegan.export.local_triton import free_port
+from vaegan.export.local_triton import free_port, pinned
 
 SERVER = """
 import asyncio, sys, grpc
@@ -76,12 +76,13 @@ def measure(
 ) -> dict:
     server_cpu, client_cpus = cpus
     port = free_port()
-    proc = subprocess.Popen(
-        [c.replace("PORT", str(port)) for c in command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: os.sched_setaffinity(0, {server_cpu}),
-    )
+    with pinned({server_cpu}):
+        proc = subprocess.Popen(
+            [c.replace("PORT", str(port)) for c in command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         target = f"127.0.0.1:{port}"
         ready(proc, target)

@@ -5,6 +5,7 @@ and the integration tests (started on free ports, stopped by pid even when a tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,22 @@ def find_triton() -> TritonInstall:
         shutil.rmtree(backend_dir, ignore_errors=True)
         os.rename(tmp, backend_dir)
     return TritonInstall(binary, lib_dir, backend_dir)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside inherit ``cpus``. Only the calling thread's affinity changes
+    (a child inherits it at fork) and it is restored after; no preexec_fn, which is unsafe
+    once a process has threads, as any process that has used gRPC has."""
+    if not cpus:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 def free_port() -> int:
@@ -172,14 +190,14 @@ class LocalTriton:
         )
         before = _shm_regions()
         log = open(self.log_path, "wb")  # noqa: SIM115 (the child writes to it until stop())
-        self.process = subprocess.Popen(
-            self.command(install),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
-        )
+        with pinned(self.cpus):
+            self.process = subprocess.Popen(
+                self.command(install),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         log.close()
         try:
             self.wait_ready(timeout)

@@ -3,7 +3,6 @@ what `make demo`, the benchmarks, the load test and the soak all need."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vaegan.errors import VaeganError
-from vaegan.export.local_triton import free_port
+from vaegan.export.local_triton import free_port, pinned
 
 READY = health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")
 
@@ -62,27 +61,27 @@ def gateway_process(
     and Triton aborted."""
     port, metrics_port = free_port(), (free_port() if metrics else 0)
     out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaegan.cli",
-            "serve",
-            "--triton-url",
-            triton_url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            *extra_args,
-        ],
-        stdout=out,
-        stderr=out,
-        start_new_session=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
+    with pinned(cpus):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vaegan.cli",
+                "serve",
+                "--triton-url",
+                triton_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(metrics_port),
+                *extra_args,
+            ],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     target = f"127.0.0.1:{port}"
     try:
         wait_ready(target)
