@@ -203,6 +203,8 @@ class LocalTriton:
             self.wait_ready(timeout)
         finally:  # the stubs create their regions while the models load
             self.shared_memory = _shm_regions() - before
+            if self.process is None:  # wait_ready gave up and stopped it
+                self._remove_shared_memory()
         return self
 
     def wait_ready(self, timeout: float) -> None:

@@ -104,9 +104,12 @@ def test_a_broken_repository_fails_with_tritons_own_error_and_no_process_left(tm
         'backend: "python"\nmax_batch_size: 4\ninput [{ name: "x" }]\n'
     )
     server = LocalTriton(tmp_path / "repo")
+    shm_before = set(Path("/dev/shm").glob("triton_python_backend_shm_region_*"))
     with pytest.raises(VaeganError, match=r"could not load the models: .*model\.py"):
         server.start(timeout=60)  # Triton itself would wait forever on this model
     assert server.process is None
+    # nor shared memory: its stub's region went with it
+    assert set(Path("/dev/shm").glob("triton_python_backend_shm_region_*")) <= shm_before
     log = Path(server.log_path).read_text()
     assert "broken" in log
 
