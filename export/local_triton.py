@@ -97,7 +97,7 @@ _SHM = Path("/dev/shm")
 _SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
-def _shm_regions() -> set[str]:
+def shm_regions() -> set[str]:
     """The python backend's shared-memory regions on this machine (one per stub)."""
     return {p.name for p in _SHM.glob(_SHM_PREFIX + "*")} if _SHM.is_dir() else set()
 
@@ -188,7 +188,7 @@ class LocalTriton:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(install.lib_dir), env.get("LD_LIBRARY_PATH")) if p
         )
-        before = _shm_regions()
+        before = shm_regions()
         log = open(self.log_path, "wb")  # noqa: SIM115 (the child writes to it until stop())
         with pinned(self.cpus):
             self.process = subprocess.Popen(
@@ -202,7 +202,7 @@ class LocalTriton:
         try:
             self.wait_ready(timeout)
         finally:  # the stubs create their regions while the models load
-            self.shared_memory = _shm_regions() - before
+            self.shared_memory = shm_regions() - before
             if self.process is None:  # wait_ready gave up and stopped it
                 self._remove_shared_memory()
         return self

@@ -13,11 +13,9 @@ from gateway_harness import GatewayThread, metric_value
 
 from vaegan.client import LatentClient
 from vaegan.service.settings import Settings
-from vaegan.throttle import AdaptiveThrottle, AioThrottlingInterceptor
+from vaegan.throttle import REFUSED, AdaptiveThrottle, AioThrottlingInterceptor
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
-
-REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Clock:
@@ -163,6 +161,15 @@ def test_asyncio_interceptor_refuses_locally_and_counts_the_gateways_answers(gat
                         await stub.Generate(req, timeout=10)
                     except grpc.aio.AioRpcError as e:
                         codes.append(e.code())
+                keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * 16)) for v in (0.0, 1.0)]
+                try:  # a streaming call goes through the same throttle
+                    async for _ in stub.InterpolateStream(
+                        pb.InterpolateRequest(keyframes=keys, steps=4), timeout=10
+                    ):
+                        pass
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code())
+                await asyncio.sleep(0.1)  # its answer, if sent, is recorded by a callback
             finally:
                 _set_full(gateway, False)
             return accepted, codes
@@ -171,8 +178,8 @@ def test_asyncio_interceptor_refuses_locally_and_counts_the_gateways_answers(gat
     accepted, codes = asyncio.run(run())
     sent = _refused_by_gateway(gateway) - before
     assert accepted == 0.0
-    assert codes == [REFUSED] * 300
-    assert sent + throttle.refused_locally == 300 and throttle.refused_locally > 150
+    assert codes == [REFUSED] * 301
+    assert sent + throttle.refused_locally == 301 and throttle.refused_locally > 150
 
 
 def test_calls_still_in_flight_do_not_count_as_refused():

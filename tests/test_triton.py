@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from vaegan.errors import VaeganError
 from vaegan.export.export import ExportOptions, export, load_model
-from vaegan.export.local_triton import LocalTriton
+from vaegan.export.local_triton import LocalTriton, shm_regions
 from vaegan.service.process import gateway_process
 from vaegan.training.model import from_pixels, to_pixels
 
@@ -104,12 +104,12 @@ def test_a_broken_repository_fails_with_tritons_own_error_and_no_process_left(tm
         'backend: "python"\nmax_batch_size: 4\ninput [{ name: "x" }]\n'
     )
     server = LocalTriton(tmp_path / "repo")
-    shm_before = set(Path("/dev/shm").glob("triton_python_backend_shm_region_*"))
+    shm_before = shm_regions()
     with pytest.raises(VaeganError, match=r"could not load the models: .*model\.py"):
         server.start(timeout=60)  # Triton itself would wait forever on this model
     assert server.process is None
     # nor shared memory: its stub's region went with it
-    assert set(Path("/dev/shm").glob("triton_python_backend_shm_region_*")) <= shm_before
+    assert shm_regions() <= shm_before
     log = Path(server.log_path).read_text()
     assert "broken" in log
 
@@ -189,8 +189,8 @@ def test_a_killed_triton_leaves_no_shared_memory_behind(served, tmp_path):
     server, _ = served
     killed = LocalTriton(server.repository, log_path=tmp_path / "triton.log").start()
     regions = set(killed.shared_memory)
-    assert regions and all(Path("/dev/shm", n).exists() for n in regions)
+    assert regions and regions <= shm_regions()
     os.killpg(killed.process.pid, signal.SIGKILL)
     killed.process.wait()
     killed.stop()
-    assert not [n for n in regions if Path("/dev/shm", n).exists()]
+    assert not regions & shm_regions()

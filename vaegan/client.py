@@ -6,9 +6,10 @@
         frames, path = c.interpolate([b_png, z[0]], steps=8)
 
 Images come back as uint8 arrays (the gateway is asked for RAW pixels). Errors raise
-``grpc.RpcError`` with the gateway's status code and message. While the gateway refuses
-calls for overload, the client refuses some itself without sending them (adaptive
-throttling, ``vaegan.throttle``); those end with RESOURCE_EXHAUSTED too.
+``grpc.RpcError`` with the gateway's status code and message. While many of its calls end
+in signs of overload (RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED), the client
+refuses some itself without sending them (adaptive throttling, ``vaegan.throttle``); those
+end with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations

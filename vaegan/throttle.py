@@ -224,12 +224,8 @@ class AioThrottlingInterceptor(
         call.add_done_callback(self._done)
         return call
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
-        if not self.throttle.allow():
-            self._refuse()
-        call = await continuation(client_call_details, request)
-        call.add_done_callback(self._done)
-        return call
+    # grpc.aio hands both kinds of call the same way: a call object with done callbacks.
+    intercept_unary_stream = intercept_unary_unary
 
     def _done(self, call) -> None:
         if call.cancelled():  # the caller gave up: not a refusal by the gateway
