@@ -32,7 +32,7 @@ class Settings:
     max_batch_size: int = 64  # items per backend call
     max_wait_ms: float = 2.0  # how long a batch waits to fill
     # Items waiting per model; past it, RESOURCE_EXHAUSTED at once. The longest wait is about
-    # max_queue / items per second: 256 suits a GPU; on one CPU core (~1,000 items/s here)
+    # max_queue / items per second: 256 suits a GPU; on one CPU core (600-1,000 items/s here)
     # calls of 8 items had a median of ~400 ms at 3x load, 47-102 ms with 16 (batches of 16).
     max_queue: int = 256
     max_concurrent_batches: int = 2  # backend calls in flight per model
