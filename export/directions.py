@@ -1,7 +1,8 @@
-"""Latent directions stored with the model version they belong to:
-``REPO/vaegan_decoder/<version>/directions.json``, beside that version's ``facts.json``.
+"""Latent facts stored with the model version they belong to, beside that version's
+``facts.json``: directions in ``REPO/vaegan_decoder/<version>/directions.json`` and the
+fitted prior (``vaegan.prior``) in ``prior.json``.
 
-The file names the exact encoder and decoder graphs (their ONNX digests) it was computed
+Each file names the exact encoder and decoder graphs (their ONNX digests) it was computed
 with, so a file copied to another version, or left behind by a re-export, is refused
 instead of silently steering a different latent space.
 """
@@ -17,8 +18,10 @@ from vaegan import interface as api
 from vaegan.errors import FailedPrecondition, NotFound, VaeganError
 from vaegan.export.repository import versions_on_disk
 from vaegan.latent import Direction
+from vaegan.prior import GaussianMixture
 
 FILE = "directions.json"
+PRIOR_FILE = "prior.json"
 
 
 def resolve_version(repo: Path, version: str = "") -> str:
@@ -60,11 +63,10 @@ def identity(repo: Path, version: str) -> dict[str, str]:
     return model_identity(version, *digests)
 
 
-def load(repo: str | Path, version: str) -> dict[str, Direction]:
-    """The directions of one version ({} when it has none); refuses another version's file."""
-    repo, file = Path(repo), path(repo, version)
+def _read_bound(repo: Path, version: str, file: Path, remedy: str) -> dict | None:
+    """A version's file as JSON (None when absent), refused when it names other graphs."""
     if not file.is_file():
-        return {}
+        return None
     try:
         data = json.loads(file.read_text())
     except ValueError as e:
@@ -73,9 +75,38 @@ def load(repo: str | Path, version: str) -> dict[str, Direction]:
     if data.get("model") != expected:
         raise FailedPrecondition(
             f"{file} belongs to another model ({data.get('model')}), not version {version} "
-            f"({expected}); recompute the directions with 'vaegan attributes add'"
+            f"({expected}); {remedy}"
         )
+    return data
+
+
+def load(repo: str | Path, version: str) -> dict[str, Direction]:
+    """The directions of one version ({} when it has none); refuses another version's file."""
+    remedy = "recompute the directions with 'vaegan attributes add'"
+    data = _read_bound(Path(repo), version, path(repo, version), remedy)
+    if data is None:
+        return {}
     return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
+
+
+def prior_path(repo: str | Path, version: str) -> Path:
+    return Path(repo) / api.DECODER_MODEL / version / PRIOR_FILE
+
+
+def load_prior(repo: str | Path, version: str) -> GaussianMixture | None:
+    """The fitted prior of one version (None when it has none); refuses another's file."""
+    file = prior_path(repo, version)
+    data = _read_bound(Path(repo), version, file, "export the checkpoint again with --data")
+    if data is None:
+        return None
+    try:
+        return GaussianMixture.from_dict(data["prior"])
+    except (KeyError, VaeganError) as e:
+        raise VaeganError(f"{file}: {e}") from None
+
+
+def prior_bytes(model: dict[str, str], mixture: GaussianMixture) -> bytes:
+    return (json.dumps({"model": model, "prior": mixture.to_dict()}) + "\n").encode()
 
 
 def file_bytes(model: dict[str, str], directions: dict[str, Direction]) -> bytes:
@@ -86,9 +117,16 @@ def file_bytes(model: dict[str, str], directions: dict[str, Direction]) -> bytes
 
 def save(repo: str | Path, version: str, directions: dict[str, Direction]) -> Path:
     """Write the version's directions atomically (readers see the old or the new file)."""
-    file = path(repo, version)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".directions-")
+    return _write(path(repo, version), file_bytes(identity(Path(repo), version), directions))
+
+
+def save_prior(repo: str | Path, version: str, mixture: GaussianMixture) -> Path:
+    return _write(prior_path(repo, version), prior_bytes(identity(Path(repo), version), mixture))
+
+
+def _write(file: Path, content: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}-")
     with os.fdopen(fd, "wb") as f:
-        f.write(file_bytes(identity(Path(repo), version), directions))
+        f.write(content)
     os.replace(tmp, file)
     return file

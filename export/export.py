@@ -23,6 +23,7 @@ from vaegan.export import repository as repo_mod
 from vaegan.export.onnx_graphs import export_graphs
 from vaegan.export.repository import BACKENDS, BatchingOptions, ModelSpec
 from vaegan.export.tensorrt import Profile, build_plan, require_tensorrt
+from vaegan.prior import DEFAULT_COMPONENTS
 from vaegan.training import checkpoint as ckpt
 from vaegan.training.config import ModelConfig
 from vaegan.training.model import VAEGAN
@@ -42,6 +43,7 @@ class ExportOptions:
     intra_op_threads: int = 0
     data: str | None = None  # prepared dataset: principal directions of its encodings
     principal_directions: int = 8  # how many (pc1..pcK)
+    prior_components: int = DEFAULT_COMPONENTS  # Gaussians in the fitted latent prior (0 = none)
     pca_images: int = 4096  # at most this many training images, sampled
 
 
@@ -85,33 +87,46 @@ def check_execution_env(path: str) -> None:
 
 def load_model(checkpoint: str | Path) -> tuple[VAEGAN, dict[str, Any]]:
     state = ckpt.load(checkpoint)
-    model = VAEGAN(ModelConfig(**state["model_config"]))
+    model = VAEGAN(ModelConfig.from_dict(state["model_config"]))
     model.encoder.load_state_dict(state["encoder"])
-    model.decoder.load_state_dict(state["decoder"])
+    # The moving-average decoder is what the run's grids and FID showed; serve that one.
+    ema = state.get("decoder_ema")
+    model.decoder.load_state_dict(ema if ema is not None else state["decoder"])
     return model.eval(), state
 
 
-def _principal_directions(model: VAEGAN, opts: ExportOptions, log) -> list:
-    """pc1..pcK of the encoder's mu over (a sample of) the prepared training set."""
+def training_codes(model: VAEGAN, data: str | Path, limit: int):
+    """The encoder's mu of (a seeded sample of at most ``limit``) prepared training images."""
     import numpy as np
     import torch
 
-    from vaegan.latent import principal_directions
     from vaegan.training.data import load_dataset
     from vaegan.training.model import from_pixels
 
-    ds = load_dataset(opts.data)
+    ds = load_dataset(data)
     n = len(ds.train)
-    idx = np.sort(np.random.default_rng(0).permutation(n)[: opts.pca_images])
+    idx = np.sort(np.random.default_rng(0).permutation(n)[:limit])
     mus = []
     with torch.no_grad():
         for chunk in np.array_split(idx, max(1, len(idx) // 256)):
             x = np.stack([ds.center_crop(int(i)) for i in chunk])
             mus.append(model.encode(from_pixels(torch.from_numpy(x)))[0].numpy())
-    pcs = principal_directions(np.concatenate(mus), opts.principal_directions)
+    return np.concatenate(mus)
+
+
+def _latent_facts(model: VAEGAN, opts: ExportOptions, log):
+    """pc1..pcK of the training codes, and the fitted prior over them."""
+    from vaegan import prior
+    from vaegan.latent import principal_directions
+
+    mu = training_codes(model, opts.data, opts.pca_images)
+    pcs = principal_directions(mu, opts.principal_directions)
     shares = ", ".join(f"{d.name} {d.explained_variance:.1%}" for d in pcs)
-    log(f"principal directions of {len(idx)} training encodings: {shares}")
-    return pcs
+    log(f"principal directions of {len(mu)} training encodings: {shares}")
+    mixture = prior.fit(mu, opts.prior_components) if opts.prior_components else None
+    if mixture is not None:
+        log(f"fitted prior: {len(mixture.weights)}-component Gaussian mixture over {len(mu)} codes")
+    return pcs, mixture
 
 
 def export(
@@ -146,9 +161,12 @@ def export(
         f"(limit {p['encoder_mu_tolerance']:.1e}), max |logvar diff| {p['encoder_max_logvar_diff']:.2e}"
     )
 
-    pcs = _principal_directions(model, opts, log) if opts.data else []
+    pcs, mixture = _latent_facts(model, opts, log) if opts.data else ([], None)
     if not opts.data:
-        log("no --data: principal directions not computed (sliders come only from attributes)")
+        log(
+            "no --data: principal directions and the fitted prior not computed "
+            "(sliders come only from attributes; Generate samples only N(0, I))"
+        )
 
     plans = []
     for role, name, onnx_bytes in (
@@ -193,13 +211,15 @@ def export(
             "parity": graphs.parity,
         }
         plans.append(repo_mod.plan_model(repository, spec, files, facts))
-    if pcs and plans[0].version == plans[1].version:  # written with the version, atomically
+    if (pcs or mixture) and plans[0].version == plans[1].version:  # with the version, atomically
         identity = directions.model_identity(
             str(plans[1].version), plans[0].facts["onnx_sha256"], plans[1].facts["onnx_sha256"]
         )
         plans[1].files[directions.FILE] = directions.file_bytes(identity, {d.name: d for d in pcs})
-    elif pcs:
-        log("encoder and decoder versions differ: principal directions not stored")
+        if mixture is not None:
+            plans[1].files[directions.PRIOR_FILE] = directions.prior_bytes(identity, mixture)
+    elif pcs or mixture:
+        log("encoder and decoder versions differ: principal directions and prior not stored")
     written = [repo_mod.write_model(plan) for plan in plans]
     for path in written:
         log(f"wrote {path}")

@@ -4,12 +4,14 @@ deadlines, and the model facts used to validate requests. Array in, array out.""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
 from vaegan.errors import InvalidInput
 from vaegan.export import directions as directions_store
 from vaegan.latent import Direction
+from vaegan.prior import GaussianMixture
 from vaegan.service.backends import Backend, ModelMeta
 from vaegan.service.batching import Batcher, DeadlineExceeded
 from vaegan.service.metrics import Metrics
@@ -20,22 +22,31 @@ class Gateway:
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
         self._batchers: dict[tuple[str, str], Batcher] = {}
-        self._directions: dict[str, tuple[int | None, dict[str, Direction]]] = {}
+        self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
         return await self.backend.meta(role, version)
 
     def directions(self, version: str) -> dict[str, Direction]:
         """The latent directions of a decoder version (re-read when the file changes)."""
+        found = self._latent_file(version, directions_store.path, directions_store.load)
+        return found or {}
+
+    def prior(self, version: str) -> GaussianMixture | None:
+        """The fitted prior of a decoder version, or None (re-read when the file changes)."""
+        return self._latent_file(version, directions_store.prior_path, directions_store.load_prior)
+
+    def _latent_file(self, version: str, where, load) -> Any:
         root = self.settings.directions_repository or self.settings.model_repository
         if not root:
-            return {}
-        path = directions_store.path(root, version)
+            return None
+        path = where(root, version)
         stamp = path.stat().st_mtime_ns if path.is_file() else None
-        cached = self._directions.get(version)
+        key = (path.name, version)
+        cached = self._latent_files.get(key)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, directions_store.load(root, version) if stamp is not None else {})
-            self._directions[version] = cached
+            cached = (stamp, load(root, version) if stamp is not None else None)
+            self._latent_files[key] = cached
         return cached[1]
 
     async def run(

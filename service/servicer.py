@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from vaegan import latent
-from vaegan.errors import InvalidInput
+from vaegan.errors import FailedPrecondition, InvalidInput
 from vaegan.service import codecs
 from vaegan.service.gateway import Gateway
 from vaegan.v1 import vaegan_pb2 as pb
@@ -74,7 +74,16 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             if not (np.isfinite(temperature) and temperature > 0):
                 raise InvalidInput(f"sample.temperature: {temperature}; expected a positive number")
             rng = np.random.default_rng(request.sample.seed)
-            z = (rng.standard_normal((n, meta.latent_dim)) * temperature).astype(np.float32)
+            if request.sample.prior == pb.PRIOR_FITTED:
+                mixture = self.g.prior(meta.version)
+                if mixture is None or mixture.latent_dim != meta.latent_dim:
+                    raise FailedPrecondition(
+                        f"sample.prior: decoder version {meta.version} has no fitted prior; "
+                        "export it with 'vaegan export --data' or use PRIOR_STANDARD"
+                    )
+                z = mixture.sample(n, rng, temperature)
+            else:
+                z = (rng.standard_normal((n, meta.latent_dim)) * temperature).astype(np.float32)
         else:
             raise InvalidInput("source: set either embeddings or sample")
         pixels = (await self.g.run("decoder", meta, z, _deadline(context)))["image"]
@@ -294,6 +303,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             crop_fraction=enc.crop.fraction,
             backend=self.g.backend.kind,
             limits=self.limits,
+            fitted_prior=self.g.prior(dec.version) is not None,
             encoder=pb.ModelVersionInfo(
                 name=enc.name, version=enc.version, facts=_str_facts(enc.facts)
             ),

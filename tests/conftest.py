@@ -149,10 +149,11 @@ def repo(tiny_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def latent_repo(repo, tmp_path_factory) -> Path:
-    """(Latent tools) A copy of the exported tiny model with a 'round' attribute (discs vs squares) and
-    pc1..pc3 stored beside version 1."""
+    """(Latent tools) A copy of the exported tiny model with a 'round' attribute (discs vs squares),
+    pc1..pc3 and a 3-component fitted prior stored beside version 1."""
     import shutil
 
+    from vaegan import prior
     from vaegan.export import directions as store
     from vaegan.export.latent_tools import add_attribute
     from vaegan.latent import principal_directions
@@ -169,4 +170,5 @@ def latent_repo(repo, tmp_path_factory) -> Path:
     z = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     found.update({d.name: d for d in principal_directions(z, 3)})
     store.save(copy, "1", found)
+    store.save_prior(copy, "1", prior.fit(z, 3))
     return copy

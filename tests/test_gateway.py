@@ -142,6 +142,7 @@ def test_model_info_names_sizes_versions_and_limits(client):
     assert info.encoder.name == "vaegan_encoder" and info.decoder.version == "1"
     assert info.decoder.facts["checkpoint_step"] == "6"
     assert info.limits.max_items == 64 and info.limits.max_message_bytes == 64 * 1024 * 1024
+    assert not info.fitted_prior
 
 
 def _status(fn):
@@ -186,6 +187,11 @@ BAD_REQUESTS = {
         lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, temperature=-1))),
         grpc.StatusCode.INVALID_ARGUMENT,
         "temperature",
+    ),
+    "no_fitted_prior": (  # the tiny model was exported without --data
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, prior=pb.PRIOR_FITTED))),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "has no fitted prior; export it with 'vaegan export --data'",
     ),
     "empty_encode": (
         lambda s: s.Encode(pb.EncodeRequest()),

@@ -12,7 +12,7 @@ from conftest import shapes_folder
 from PIL import Image
 
 from vaegan.cli import main
-from vaegan.errors import InvalidInput, NotFound, VaeganError
+from vaegan.errors import FailedPrecondition, InvalidInput, NotFound, VaeganError
 from vaegan.export import directions as store
 from vaegan.latent import (
     Direction,
@@ -150,17 +150,23 @@ def test_sweep_writes_one_row_per_image_and_one_column_per_weight(
     )
 
 
-def test_export_with_data_stores_principal_directions_with_the_new_version(
+def test_export_with_data_stores_principal_directions_and_prior_with_the_new_version(
     tiny_checkpoint, shapes_dataset, tmp_path
 ):
-    from vaegan.export.export import ExportOptions, export
+    from vaegan.export.export import ExportOptions, export, load_model, training_codes
 
-    opts = ExportOptions(backend="onnxruntime", data=str(shapes_dataset), principal_directions=3)
+    opts = ExportOptions(
+        backend="onnxruntime", data=str(shapes_dataset), principal_directions=3, prior_components=4
+    )
     export(tiny_checkpoint, tmp_path / "repo", opts, log=lambda *_: None)
     found = store.load(tmp_path / "repo", "1")  # checked against the version's graphs
     assert [found[n].kind for n in ("pc1", "pc2", "pc3")] == ["principal"] * 3
     assert found["pc1"].counts == {"images": 48}
     assert found["pc1"].explained_variance >= found["pc2"].explained_variance
+    mixture = store.load_prior(tmp_path / "repo", "1")
+    assert mixture is not None and len(mixture.weights) == 4 and mixture.codes == 48
+    codes = training_codes(load_model(tiny_checkpoint)[0], shapes_dataset, 4096)
+    assert np.allclose(mixture.weights @ mixture.means, codes.mean(0), atol=1e-4)
     export(
         tiny_checkpoint,
         tmp_path / "repo",
@@ -168,6 +174,11 @@ def test_export_with_data_stores_principal_directions_with_the_new_version(
         log=lambda *_: None,
     )
     assert store.load(tmp_path / "repo", "2") == {}  # no --data: no directions, none borrowed
+    assert store.load_prior(tmp_path / "repo", "2") is None
+    # a prior copied from another version is refused, not used
+    shutil.copy(store.prior_path(tmp_path / "repo", "1"), store.prior_path(tmp_path / "repo", "2"))
+    with pytest.raises(FailedPrecondition, match="belongs to another model"):
+        store.load_prior(tmp_path / "repo", "2")
 
 
 def test_raw_latent_axes_are_directions_of_every_model():
@@ -190,3 +201,44 @@ def test_per_dimension_sweep_grid_has_one_row_per_dimension(own_repo, discs_and_
     grid = np.asarray(Image.open(out))
     tile = (grid.shape[1] - 2) // 5  # save_grid's padding: rows and columns of equal tiles
     assert round((grid.shape[0] - 2) / tile) == 4
+
+
+def test_a_fitted_prior_finds_well_separated_clusters_and_samples_them():
+    from vaegan import prior
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[-6.0, 0, 0], [6.0, 0, 0], [0, 6.0, 0]])
+    codes = np.concatenate(
+        [
+            c + 0.3 * rng.standard_normal((n, 3))
+            for c, n in zip(centres, (100, 200, 100), strict=True)
+        ]
+    )
+    m = prior.fit(codes, 3)
+    order = np.argsort(m.means[:, 0] + 0.1 * m.means[:, 1])
+    assert np.allclose(m.means[order], centres[[0, 2, 1]], atol=0.15)
+    assert np.allclose(m.weights[order], [0.25, 0.25, 0.5], atol=0.02)
+    z = m.sample(4000, np.random.default_rng(1))
+    assert z.dtype == np.float32 and z.shape == (4000, 3)
+    nearest = np.argmin(((z[:, None] - centres[None]) ** 2).sum(-1), 1)
+    assert np.allclose(np.bincount(nearest) / 4000, [0.25, 0.5, 0.25], atol=0.03)
+    # each draw stays near a cluster: none lands in the hole between them
+    assert np.min(((z[:, None] - centres[None]) ** 2).sum(-1), 1).max() < 4.0
+    narrow = m.sample(4000, np.random.default_rng(1), temperature=0.5)
+    assert narrow.std() < z.std()
+
+
+def test_a_fitted_prior_round_trips_through_its_file_form_and_refuses_garbage():
+    from vaegan import prior
+    from vaegan.errors import VaeganError
+
+    m = prior.fit(np.random.default_rng(2).standard_normal((50, 4)), 2)
+    again = prior.GaussianMixture.from_dict(m.to_dict())
+    assert np.array_equal(
+        m.sample(5, np.random.default_rng(3)), again.sample(5, np.random.default_rng(3))
+    )
+    bad = m.to_dict() | {"means": [[float("nan")] * 4] * 2}
+    with pytest.raises(VaeganError, match="NaN"):
+        prior.GaussianMixture.from_dict(bad)
+    with pytest.raises(VaeganError, match="gaussian_mixture"):
+        prior.GaussianMixture.from_dict({"kind": "gaussian_mixture", "means": [1, 2]})

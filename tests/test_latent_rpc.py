@@ -77,6 +77,24 @@ def test_an_edit_sweep_returns_one_image_per_weight(stub, latent_repo):
     assert np.allclose(z, np.outer([-2, -1, 0, 1, 2], d.scale * d.array()), atol=1e-5)
 
 
+def test_fitted_prior_draws_come_from_the_stored_mixture_and_repeat_with_the_seed(
+    stub, latent_repo
+):
+    mixture = store.load_prior(latent_repo, "1")
+    assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).fitted_prior
+    sample = pb.Sample(count=6, seed=11, temperature=0.5, prior=pb.PRIOR_FITTED)
+    r = stub.Generate(pb.GenerateRequest(sample=sample, output=RAW), timeout=30)
+    z = np.array([e.values for e in r.embeddings])
+    expected = mixture.sample(6, np.random.default_rng(11), 0.5)
+    assert np.allclose(z, expected, atol=1e-6) and len(r.images) == 6
+    again = stub.Generate(pb.GenerateRequest(sample=sample, output=RAW), timeout=30)
+    assert [i.data for i in again.images] == [i.data for i in r.images]
+    standard = pb.Sample(count=6, seed=11, temperature=0.5)  # unspecified = N(0, I)
+    plain = stub.Generate(pb.GenerateRequest(sample=standard, output=RAW), timeout=30)
+    z0 = np.random.default_rng(11).standard_normal((6, 16)) * 0.5
+    assert np.allclose([e.values for e in plain.embeddings], z0, atol=1e-6)
+
+
 def test_analogy_is_a_minus_b_plus_c_with_terms_averaged(stub):
     rng = np.random.default_rng(2)
     a, b, c1, c2 = rng.standard_normal((4, 16)).astype(np.float32)

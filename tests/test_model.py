@@ -24,6 +24,61 @@ def test_networks_map_images_and_latents_with_the_configured_shapes(size, width,
     assert features.shape == (3, 4 * width, size // 8, size // 8)  # block 3 of the trunk
 
 
+def test_the_resize_decoder_has_no_transposed_convolution_after_the_first_block():
+    # Transposed convs with stride 2 overlap unevenly: the checkerboard of every old grid.
+    resize = VAEGAN(ModelConfig(image_size=32, width=4, latent_dim=8)).decoder
+    convt = [m for m in resize.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convt) == 1 and convt[0].stride == (1, 1)  # latent 1x1 -> 4x4 only
+    legacy = VAEGAN(ModelConfig(image_size=32, width=4, latent_dim=8, upsample="transpose"))
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in legacy.decoder.modules()) == 4
+
+
+def test_checkpoints_from_before_a_model_option_existed_rebuild_their_old_networks():
+    old = {"image_size": 32, "latent_dim": 8, "width": 4, "feature_layer": 3}
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.upsample, cfg.d_norm) == ("transpose", "batch")
+
+
+def test_the_spectral_discriminator_has_no_batchnorm_and_normalised_weights():
+    torch.manual_seed(0)
+    d = VAEGAN(ModelConfig(image_size=32, width=4, latent_dim=8, d_norm="spectral")).discriminator
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    conv = d.blocks[1][0]
+    for _ in range(20):  # power iteration converges as the network runs
+        d(torch.randn(2, 3, 32, 32))
+    sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+    assert float(sigma) == pytest.approx(1.0, abs=0.05)
+
+
+def test_diffaugment_draws_for_the_global_batch_so_a_rank_transforms_its_share_alike():
+    from vaegan.training.augment import POLICIES, diff_augment
+
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    whole = diff_augment(x, POLICIES)
+    torch.manual_seed(0)
+    share = diff_augment(x[8:], POLICIES, n=16, share=slice(8, 16))
+    assert torch.equal(whole[8:], share)
+    assert not torch.equal(whole, x)
+
+
+def test_diffaugment_passes_gradients_back_to_the_images():
+    from vaegan.training.augment import POLICIES, diff_augment
+
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_()
+    diff_augment(x, POLICIES).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_unknown_options_are_refused_with_the_choices():
+    with pytest.raises(VaeganError, match="translation"):
+        TrainConfig(diffaugment="color,rotate")
+    with pytest.raises(VaeganError, match="hinge"):
+        TrainConfig(gan_loss="wasserstein")
+    with pytest.raises(VaeganError, match="resize"):
+        ModelConfig(upsample="pixelshuffle")
+
+
 def test_bad_model_shapes_are_refused():
     with pytest.raises(VaeganError, match="power of two"):
         ModelConfig(image_size=48)

@@ -55,7 +55,7 @@ def test_resuming_from_step_k_gives_the_weights_of_an_uninterrupted_run(shapes_d
     a = ckpt.load(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = ckpt.load(tmp_path / "split" / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 20
-    for net in ("encoder", "decoder", "discriminator"):
+    for net in ("encoder", "decoder", "decoder_ema", "discriminator"):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k}"
     for opt in ("opt_enc", "opt_dec", "opt_dis"):
@@ -78,7 +78,18 @@ def test_checkpoint_carries_configs_crop_policy_and_dataset_facts(shapes_dataset
         "latent_dim": 16,
         "width": 8,
         "feature_layer": 3,
+        "upsample": "resize",
+        "d_norm": "batch",
     }
+    # the moving average travels in the checkpoint, and export takes it
+    from vaegan.export.export import load_model
+
+    model, _ = load_model(tmp_path / "r" / "checkpoints" / "last.pt")
+    for k, v in model.decoder.state_dict().items():
+        assert torch.equal(v, state["decoder_ema"][k]), k
+    assert any(
+        not torch.equal(state["decoder"][k], state["decoder_ema"][k]) for k in state["decoder"]
+    )
     assert state["train_config"]["steps"] == 3 and state["step"] == 3
     assert state["dataset"]["train"] == 48 and state["dataset"]["val"] == 16
     assert (tmp_path / "r" / "checkpoints" / "step_0000003.pt").is_file()

@@ -13,6 +13,7 @@ from vaegan.errors import VaeganError
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
+BEST = "best.pt"  # the step with the lowest FID so far, when the run measures it
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:

@@ -37,9 +37,28 @@ def gan_d(
     return loss
 
 
-def gan_g(fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """L_GAN for the decoder, non-saturating form: -log D(fake)."""
-    return sum(F.binary_cross_entropy_with_logits(t, torch.ones_like(t)) for t in fake_logits)
+def gan_g(fake_logits: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
+    """L_GAN for the decoder, non-saturating form: -log D(fake), each batch weighted."""
+    weights = weights or [1.0] * len(fake_logits)
+    return sum(
+        w * F.binary_cross_entropy_with_logits(t, torch.ones_like(t))
+        for w, t in zip(weights, fake_logits, strict=True)
+    )
+
+
+def hinge_d(real_logit: torch.Tensor, fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge loss for D (Lim & Ye 2017; Miyato et al. 2018, eq. 17):
+    E[max(0, 1 - D(x))] + E[max(0, 1 + D(fake))] for each fake batch."""
+    loss = F.relu(1.0 - real_logit).mean()
+    for logit in fake_logits:
+        loss = loss + F.relu(1.0 + logit).mean()
+    return loss
+
+
+def hinge_g(fake_logits: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
+    """Hinge loss for the generator: -E[D(fake)], each batch weighted."""
+    weights = weights or [1.0] * len(fake_logits)
+    return sum(-w * t.mean() for w, t in zip(weights, fake_logits, strict=True))
 
 
 class Losses(NamedTuple):
@@ -50,8 +69,8 @@ class Losses(NamedTuple):
     pixel: torch.Tensor
     gan_g: torch.Tensor
     gan_d: torch.Tensor
-    encoder: torch.Tensor  # L_prior + L_llike
-    decoder: torch.Tensor  # gamma * L_llike + L_GAN
+    encoder: torch.Tensor  # L_prior + L_llike (+ pixel)
+    decoder: torch.Tensor  # gamma * (L_llike (+ pixel)) + L_GAN
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in self._asdict().items()}

@@ -12,8 +12,10 @@ from torch import nn
 from vaegan.training.config import ModelConfig
 
 
-def _down(cin: int, cout: int, bn: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn)]
+def _down(cin: int, cout: int, bn: bool, spectral: bool = False) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn)
+    # Spectral normalisation bounds each layer's Lipschitz constant (Miyato et al. 2018).
+    layers: list[nn.Module] = [nn.utils.parametrizations.spectral_norm(conv) if spectral else conv]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
@@ -37,8 +39,17 @@ class Encoder(nn.Module):
         return mu, logvar
 
 
+def _up(cin: int, cout: int, upsample: str, bias: bool) -> list[nn.Module]:
+    """Double the side: a stride-2 transposed conv (DCGAN), or nearest-neighbour resize then
+    a 3x3 conv, which cannot make the checkerboard of uneven kernel overlap (Odena et al.
+    2016, "Deconvolution and Checkerboard Artifacts")."""
+    if upsample == "transpose":
+        return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias)]
+    return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)]
+
+
 class Decoder(nn.Module):
-    """z -> image in [-1, 1]: the DCGAN generator."""
+    """z -> image in [-1, 1]: the DCGAN generator, with ``cfg.upsample`` doubling blocks."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -51,12 +62,12 @@ class Decoder(nn.Module):
         ]
         for _ in range(n - 1):  # 8w x4x4 -> 4w x8x8 -> 2w x16x16 -> w x32x32
             layers += [
-                nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False),
+                *_up(c, c // 2, cfg.upsample, bias=False),
                 nn.BatchNorm2d(c // 2),
                 nn.ReLU(True),
             ]
             c //= 2
-        layers += [nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Tanh()]  # w x32x32 -> 3x64x64
+        layers += [*_up(c, 3, cfg.upsample, bias=True), nn.Tanh()]  # w x32x32 -> 3x64x64
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -68,13 +79,14 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        w, c = cfg.width, 3
+        w, c, sn = cfg.width, 3, cfg.d_norm == "spectral"
         blocks = []
         for i in range(cfg.num_blocks):  # same trunk as the encoder; block 3 is 4w x8x8
-            blocks.append(nn.Sequential(*_down(c, w * 2**i, bn=i > 0)))
+            blocks.append(nn.Sequential(*_down(c, w * 2**i, bn=i > 0 and not sn, spectral=sn)))
             c = w * 2**i
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(c, 1, 4, 1, 0)  # 8w x4x4 -> 1x1x1
+        head = nn.Conv2d(c, 1, 4, 1, 0)  # 8w x4x4 -> 1x1x1
+        self.head = nn.utils.parametrizations.spectral_norm(head) if sn else head
         self.feature_layer = cfg.feature_layer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +126,9 @@ class VAEGAN(nn.Module):
 def init_weights(m: nn.Module) -> None:
     """DCGAN's initialisation: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm scales."""
     if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        # A spectrally normalised conv keeps its raw weight as the parametrisation's original.
+        weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        nn.init.normal_(weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.BatchNorm2d):

@@ -1,13 +1,17 @@
 """``vaegan train``: the VAE-GAN training loop (Larsen et al. 2016, Algorithm 1).
 
 Per step: a D phase on detached fakes, then an encoder/decoder phase against the updated
-D. The encoder minimises L_prior + L_llike, the decoder gamma*L_llike + L_GAN, D only
-L_GAN; each optimiser steps only its own network, and the GAN gradient never reaches the
-encoder (``backward(inputs=...)`` restricts each loss to its network's parameters).
+D. The encoder minimises L_prior + L_rec, the decoder gamma*L_rec + L_GAN (L_rec: the
+learned similarity L_llike plus the optional pixel term), D only L_GAN; each optimiser
+steps only its own network, and the GAN gradient never reaches the encoder
+(``backward(inputs=...)`` restricts each loss to its network's parameters). Every image D
+sees goes through the same DiffAugment transforms (``augment.py``), and a moving average
+of the decoder (``EMA``) is what grids, FID and export use.
 
 Resume is exact: data order and crop positions are functions of (seed, step), and the
-torch RNG, optimisers and BatchNorm statistics travel in the checkpoint. Evaluation and
-sample grids draw from their own generators, so they never shift the training stream.
+torch RNG, optimisers, BatchNorm statistics and the moving average travel in the
+checkpoint. Evaluation, FID and sample grids draw from their own generators, so they never
+shift the training stream.
 
 Under torchrun the same loop runs data-parallel (``distributed.py``): ``batch_size`` is the
 global batch, each rank takes its contiguous share of every step's indices, crops and noise
@@ -17,6 +21,7 @@ same computation on any number of ranks, which is what makes checkpoints world-s
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -35,7 +40,8 @@ from vaegan.errors import VaeganError
 from vaegan.grid import make_grid, save_grid
 from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses as L
-from vaegan.training.config import TrainConfig, from_dict, to_dict
+from vaegan.training.augment import diff_augment, parse_policy
+from vaegan.training.config import ModelConfig, TrainConfig, from_dict, to_dict
 from vaegan.training.data import Dataset, load_dataset
 from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.metrics import hist_chi2, mse, psnr
@@ -101,6 +107,24 @@ class Optimizers(NamedTuple):
     dis: torch.optim.Optimizer
 
 
+class EMA:
+    """Moving average of the decoder's weights (Polyak averaging, as GAN generators use since
+    Karras et al. 2018): grids, FID and export use it. Buffers (BatchNorm statistics) are
+    copied. The decay ramps up from 0, so early random weights do not linger in short runs."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.net.parameters(), net.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.net.buffers(), net.buffers(), strict=True):
+            e.copy_(b)
+
+
 def train_step(
     nets: Nets,
     opts: Optimizers,
@@ -115,11 +139,16 @@ def train_step(
     autocast = autocast or nullcontext()
     model = nets.model
     D_local = nets.D if nets.D_local is None else nets.D_local
+    # Noise and augmentations are drawn for the global batch and sliced, so N ranks see
+    # exactly what one rank would (on one rank: randn_like(mu), then the prior's randn).
+    n, share = x.shape[0] * dist.world_size, dist.shard(x.shape[0] * dist.world_size)
+    policy = parse_policy(cfg.diffaugment)
+
+    def aug(t: torch.Tensor) -> torch.Tensor:
+        return diff_augment(t, policy, n, share) if policy else t
+
     with autocast:  # encode, reconstruct, and sample the prior
         mu, logvar = nets.E(x)
-        # Noise is drawn for the global batch and sliced, so N ranks see exactly the noise
-        # one rank would (on one rank this is randn_like(mu), then the prior's randn).
-        n, share = x.shape[0] * dist.world_size, dist.shard(x.shape[0] * dist.world_size)
 
         def noise(dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(n, mu.shape[1], device=mu.device, dtype=dtype)[share]
@@ -127,11 +156,14 @@ def train_step(
         x_rec = nets.G(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
         x_p = nets.G(noise(torch.float32))
 
-    # --- D phase: real vs (reconstructions, prior samples), fakes detached ---
+    # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
     with autocast:
-        real_logit, _ = nets.D(x)
-        fake_logits = [nets.D(x_rec.detach())[0].float(), nets.D(x_p.detach())[0].float()]
-        loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
+        real_logit, _ = nets.D(aug(x))
+        fake_logits = [nets.D(aug(x_rec.detach()))[0].float(), nets.D(aug(x_p.detach()))[0].float()]
+        if cfg.gan_loss == "hinge":
+            loss_d = L.hinge_d(real_logit.float(), fake_logits)
+        else:
+            loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
     _check_finite(step, {"gan_d": loss_d}, last_path, dist)
     train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin, dist)
     # Under DDP the backward runs even when D pauses: its forward already armed the gradient
@@ -144,18 +176,22 @@ def train_step(
 
     # --- encoder/decoder phase against the updated D ---
     with autocast:
-        with torch.no_grad():
-            _, f_real = D_local(x)
-        rec_logit, f_rec = D_local(x_rec)
-        p_logit, _ = D_local(x_p)
+        # The learned similarity compares x and its reconstruction under the same transform:
+        # the generator state is rewound so both draw identical augmentation parameters.
+        with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices(x)):
+            _, f_real = D_local(aug(x))
+        rec_logit, f_rec = D_local(aug(x_rec))
+        p_logit, _ = D_local(aug(x_p))
         kl = L.kl_prior(mu.float(), logvar.float())
         llike = L.llike_features(f_rec.float(), f_real.float())
         pixel = (
             L.pixel_mse(x_rec.float(), x) if cfg.pixel_weight else torch.zeros((), device=x.device)
         )
-        gan_g = L.gan_g([rec_logit.float(), p_logit.float()])
-        loss_e = cfg.kl_weight * kl + cfg.llike_weight * llike + cfg.pixel_weight * pixel
-        loss_g = cfg.gamma * cfg.llike_weight * llike + cfg.pixel_weight * pixel
+        gan_terms, weights = [rec_logit.float(), p_logit.float()], [1.0, cfg.prior_gan_weight]
+        gan_g = (L.hinge_g if cfg.gan_loss == "hinge" else L.gan_g)(gan_terms, weights)
+        reconstruction = cfg.llike_weight * llike + cfg.pixel_weight * pixel
+        loss_e = cfg.kl_weight * kl + reconstruction
+        loss_g = cfg.gamma * reconstruction  # gamma weighs it against L_GAN (eq. 10)
         if train_dec_gan:
             loss_g = loss_g + gan_g
     losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
@@ -172,21 +208,26 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: VAEGAN, ds: Dataset, fixed_z: torch.Tensor, cfg: TrainConfig, device
+    model: VAEGAN,
+    ds: Dataset,
+    fixed_z: torch.Tensor,
+    cfg: TrainConfig,
+    device,
+    decoder: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Validation metrics on the served path: eval-mode BatchNorm, mu (no noise), uint8."""
+    """Validation metrics on the served path: eval-mode BatchNorm, mu (no noise), uint8,
+    through ``decoder`` (the moving average when there is one) as export will."""
     model.eval()
+    decode = decoder or model.decoder
     try:
         out: dict[str, Any] = {}
-        samples = to_pixels(model.decode(fixed_z)).cpu().numpy()
+        samples = to_pixels(decode(fixed_z)).cpu().numpy()
         if len(ds.val):
             val = np.array(ds.val_images())  # a writable copy; the split is small
             recon = np.concatenate(
                 [
                     to_pixels(
-                        model.decode(
-                            model.encode(from_pixels(torch.from_numpy(chunk)).to(device))[0]
-                        )
+                        decode(model.encode(from_pixels(torch.from_numpy(chunk)).to(device))[0])
                     )
                     .cpu()
                     .numpy()
@@ -196,7 +237,7 @@ def evaluate(
             val_mse = mse(recon, val)
             g = torch.Generator(device=device).manual_seed(cfg.seed + 2)
             n_prior = min(len(val), 512)
-            prior = to_pixels(model.decode(model.sample_prior(n_prior, g))).cpu().numpy()
+            prior = to_pixels(decode(model.sample_prior(n_prior, g))).cpu().numpy()
             out.update(
                 val_mse=val_mse,
                 val_psnr=psnr(val_mse),
@@ -254,7 +295,7 @@ def _train(
         )
     # The images' size is a fact of the dataset, not a knob.
     cfg = replace(cfg, model=replace(cfg.model, image_size=ds.crop.size))
-    if state is not None and state["model_config"] != to_dict(cfg)["model"]:
+    if state is not None and ModelConfig.from_dict(state["model_config"]) != cfg.model:
         raise VaeganError(
             f"dataset {data_dir} does not match the checkpoint's model {state['model_config']}"
         )
@@ -302,6 +343,12 @@ def _train(
             # One state: every rank draws the same global noise on its own device.
             torch.cuda.set_rng_state(cuda_rng[0] if isinstance(cuda_rng, list) else cuda_rng)
     fixed_z = fixed_z.to(device)
+    ema = EMA(G, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and state is not None and state.get("decoder_ema") is not None:
+        ema.net.load_state_dict(state["decoder_ema"])
+    fid = _FidTracker(cfg, data_dir, device) if cfg.fid_every and main else None
+    if fid is not None and state is not None:
+        fid.best = state.get("best_fid")
     nets = wrap_networks(model, dist, device, cfg.compile, broadcast_buffers=not sync_bn)
     opts = Optimizers(opt_e, opt_g, opt_d)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
@@ -331,6 +378,7 @@ def _train(
             "step": step,
             "encoder": E.state_dict(),
             "decoder": G.state_dict(),
+            "decoder_ema": ema.net.state_dict() if ema is not None else None,
             "discriminator": D.state_dict(),
             "opt_enc": opt_e.state_dict(),
             "opt_dec": opt_g.state_dict(),
@@ -338,14 +386,20 @@ def _train(
             "rng": cpu_rng,
             "fixed_z": fixed_z.cpu(),
             "metrics": metrics,
+            "best_fid": fid.best if fid is not None else None,
         }
         ckpt.save_atomic(payload, ckpt_dir / ckpt.step_name(step))
         ckpt.save_atomic(payload, last_path)
         ckpt.prune(ckpt_dir, cfg.keep_checkpoints)
+        if fid is not None and fid.improved_at == step:
+            ckpt.save_atomic(payload, ckpt_dir / ckpt.BEST)
 
     def run_eval(step: int) -> dict[str, Any]:
-        ev = evaluate(model, ds, fixed_z, cfg, device)
+        decoder = ema.net if ema is not None else None
+        ev = evaluate(model, ds, fixed_z, cfg, device, decoder)
         m = {"step": step, **ev["metrics"]}
+        if fid is not None and (step % cfg.fid_every == 0 or step == cfg.steps):
+            m.update(fid.measure(decoder or model.decoder, step, cfg.model.latent_dim))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
         save_grid(ev["samples"], sample_dir / f"step_{step:07d}_samples.png")
@@ -385,6 +439,8 @@ def _train(
                 x = x.contiguous(memory_format=torch.channels_last)
 
             losses = train_step(nets, opts, x, cfg, autocast, step, last_path, dist)
+            if ema is not None:
+                ema.update(G, step)
 
             step += 1
             n_window += x.shape[0] * dist.world_size
@@ -404,11 +460,16 @@ def _train(
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/images_per_second", ips, step)
                 t_window, n_window = time.perf_counter(), 0
-            evaluated = step % cfg.eval_every == 0 or step == cfg.steps
+            evaluated = (
+                step % cfg.eval_every == 0
+                or step == cfg.steps
+                or bool(cfg.fid_every and step % cfg.fid_every == 0)
+            )
             if evaluated and main:
                 last_metrics = run_eval(step)
                 bar.write(_format_metrics(last_metrics))
-            if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and main:
+            best_now = fid is not None and evaluated and fid.improved_at == step
+            if (step % cfg.checkpoint_every == 0 or step == cfg.steps or best_now) and main:
                 save(step, last_metrics)
             if evaluated:  # the pause for eval and saving is not training throughput
                 dist.barrier()
@@ -419,6 +480,52 @@ def _train(
         if writer:
             writer.close()
     return last_metrics
+
+
+class _FidTracker:
+    """FID of ``fid_samples`` prior samples from the decoder the run would export, against
+    every prepared image; remembers the best so the loop can keep ``best.pt``."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: str | Path, device: torch.device):
+        from vaegan.training import fid
+
+        self.fid, self.n, self.device = fid, cfg.fid_samples, device
+        self.seed = cfg.seed + 3
+        self.inception = fid.InceptionFeatures()  # fails now, not hours in, if it is missing
+        self.real = fid.real_set(data_dir, self.inception, progress=False)
+        self.best: float | None = None
+        self.improved_at: int | None = None
+
+    @torch.no_grad()
+    def measure(self, decoder: torch.nn.Module, step: int, latent_dim: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.seed)  # the same z at every evaluation
+        was_training = decoder.training
+        decoder.eval()
+        try:
+            images = np.concatenate(
+                [
+                    to_pixels(decoder(torch.randn(k, latent_dim, generator=g).to(self.device)))
+                    .cpu()
+                    .numpy()
+                    for k in _chunks(self.n, 250)
+                ]
+            )
+        finally:
+            decoder.train(was_training)
+        q = self.fid.score(self.real, self.inception(images))
+        if self.best is None or q.fid < self.best:
+            self.best, self.improved_at = q.fid, step
+        return {
+            "fid_samples": q.fid,
+            "precision_samples": q.precision,
+            "recall_samples": q.recall,
+            "fid_n": q.n,
+            "fid_real_n": len(self.real.features),
+        }
+
+
+def _chunks(n: int, size: int) -> list[int]:
+    return [min(size, n - i) for i in range(0, n, size)]
 
 
 def lr_scale(cfg: TrainConfig) -> float:
@@ -467,6 +574,10 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _rng_devices(x: torch.Tensor) -> list:
+    return [x.device] if x.device.type == "cuda" else []
+
+
 def _check_finite(
     step: int, values: dict[str, torch.Tensor], last_path: Path | None, dist: Dist = SINGLE
 ) -> None:
@@ -487,11 +598,16 @@ def _check_finite(
 
 
 def _format_metrics(m: dict[str, Any]) -> str:
+    fid = (
+        f"  FID samples {m['fid_samples']:.1f} (n={m['fid_n']} vs {m['fid_real_n']} real)"
+        if "fid_samples" in m
+        else ""
+    )
     if m.get("val_mse") is None:
-        return f"step {m['step']}: no validation split"
+        return f"step {m['step']}: no validation split{fid}"
     return (
         f"step {m['step']}: val_mse {m['val_mse']:.4f} (mean-image baseline {m['baseline_mse']:.4f},"
-        f" ratio {m['val_mse_over_baseline']:.2f})  psnr {m['val_psnr']:.2f} dB  hist_chi2 {m['hist_chi2']:.4f}"
+        f" ratio {m['val_mse_over_baseline']:.2f})  psnr {m['val_psnr']:.2f} dB  hist_chi2 {m['hist_chi2']:.4f}{fid}"
     )
 
 

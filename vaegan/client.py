@@ -96,15 +96,19 @@ class LatentClient:
         count: int = 0,
         seed: int = 0,
         temperature: float | None = None,
+        prior: str = "standard",
         model_version: str = "",
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``embeddings``, or ``count`` draws from the ``prior`` ("standard" N(0, I) or
+        "fitted", the version's fitted mixture)."""
         if embeddings is not None:
             req = pb.GenerateRequest(
                 embeddings=pb.EmbeddingList(items=[_embedding(e) for e in embeddings])
             )
         else:
+            which = {"standard": pb.PRIOR_STANDARD, "fitted": pb.PRIOR_FITTED}[prior]
             req = pb.GenerateRequest(
-                sample=pb.Sample(count=count, seed=seed, temperature=temperature)
+                sample=pb.Sample(count=count, seed=seed, temperature=temperature, prior=which)
             )
         req.output.CopyFrom(self.RAW)
         req.model_version = model_version

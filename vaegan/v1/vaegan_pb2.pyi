@@ -14,6 +14,12 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_RAW: _ClassVar[ImageFormat]
 
+class Prior(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIOR_UNSPECIFIED: _ClassVar[Prior]
+    PRIOR_STANDARD: _ClassVar[Prior]
+    PRIOR_FITTED: _ClassVar[Prior]
+
 class InterpolationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INTERPOLATION_METHOD_UNSPECIFIED: _ClassVar[InterpolationMethod]
@@ -23,6 +29,9 @@ IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_RAW: ImageFormat
+PRIOR_UNSPECIFIED: Prior
+PRIOR_STANDARD: Prior
+PRIOR_FITTED: Prior
 INTERPOLATION_METHOD_UNSPECIFIED: InterpolationMethod
 INTERPOLATION_METHOD_LINEAR: InterpolationMethod
 INTERPOLATION_METHOD_SPHERICAL: InterpolationMethod
@@ -54,14 +63,16 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("count", "seed", "temperature")
+    __slots__ = ("count", "seed", "temperature", "prior")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_FIELD_NUMBER: _ClassVar[int]
     count: int
     seed: int
     temperature: float
-    def __init__(self, count: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+    prior: Prior
+    def __init__(self, count: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., prior: _Optional[_Union[Prior, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("embeddings", "sample", "output", "model_version")
@@ -215,7 +226,7 @@ class Limits(_message.Message):
     def __init__(self, max_items: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("latent_dim", "image_size", "crop_mode", "crop_fraction", "encoder", "decoder", "backend", "limits")
+    __slots__ = ("latent_dim", "image_size", "crop_mode", "crop_fraction", "encoder", "decoder", "backend", "limits", "fitted_prior")
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CROP_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +235,7 @@ class ModelInfo(_message.Message):
     DECODER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    FITTED_PRIOR_FIELD_NUMBER: _ClassVar[int]
     latent_dim: int
     image_size: int
     crop_mode: str
@@ -232,7 +244,8 @@ class ModelInfo(_message.Message):
     decoder: ModelVersionInfo
     backend: str
     limits: Limits
-    def __init__(self, latent_dim: _Optional[int] = ..., image_size: _Optional[int] = ..., crop_mode: _Optional[str] = ..., crop_fraction: _Optional[float] = ..., encoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., decoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., backend: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    fitted_prior: bool
+    def __init__(self, latent_dim: _Optional[int] = ..., image_size: _Optional[int] = ..., crop_mode: _Optional[str] = ..., crop_fraction: _Optional[float] = ..., encoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., decoder: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., backend: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., fitted_prior: _Optional[bool] = ...) -> None: ...
 
 class ListAttributesRequest(_message.Message):
     __slots__ = ("model_version",)

@@ -1,0 +1,162 @@
+"""FID and precision/recall: the maths against closed forms, the real Inception's response to
+damage, its integrity check, and the two places that use it (training and `vaegan evaluate`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from vaegan.cli import main
+from vaegan.training import fid
+
+
+def _gaussian_features(rng, n, mean, std):
+    return rng.normal(mean, std, size=(n, len(std)))
+
+
+def test_frechet_distance_matches_the_closed_form_for_known_gaussians():
+    rng = np.random.default_rng(0)
+    d = 6
+    mu_a, mu_b = rng.normal(size=d), rng.normal(size=d)
+    var_a, var_b = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
+    # A shared rotation keeps the covariances commuting, so the closed form is per axis.
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a = fid.Stats(mu_a, q @ np.diag(var_a) @ q.T, 100)
+    b = fid.Stats(mu_b, q @ np.diag(var_b) @ q.T, 100)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum(var_a + var_b - 2 * np.sqrt(var_a * var_b))
+    assert fid.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert fid.frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_identical_sets_score_zero_and_distance_grows_with_the_shift():
+    rng = np.random.default_rng(1)
+    feats = _gaussian_features(rng, 500, 0.0, np.ones(16))
+    s = fid.Stats.of(feats)
+    assert abs(fid.frechet_distance(s, s)) < 1e-6
+    shifts = [fid.frechet_distance(s, fid.Stats.of(feats + k)) for k in (0.1, 0.5, 1.0)]
+    assert shifts == sorted(shifts) and shifts[0] > 0
+    # the mean term is exactly d * k^2 when only the mean moves
+    assert shifts[2] == pytest.approx(16 * 1.0**2, rel=1e-6)
+
+
+def test_precision_and_recall_tell_coverage_from_fidelity():
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(300, 8))
+    assert fid.precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = rng.normal(size=(300, 8)) + 100.0
+    assert fid.precision_recall(real, far) == (0.0, 0.0)
+    # fakes from one corner of the real cloud: faithful but not covering it
+    corner = real[real[:, 0] > 1.0]
+    precision, recall = fid.precision_recall(real, corner)
+    assert precision == 1.0 and recall < 0.5
+
+
+def test_a_tampered_inception_file_is_refused_with_a_clear_error(tmp_path):
+    original = fid.inception_path()
+    tampered = tmp_path / fid.INCEPTION_FILE
+    shutil.copyfile(original, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(fid.InceptionUnavailable, match=r"not the standard FID Inception \(sha1 "):
+        fid.load_inception(tampered)
+    with pytest.raises(fid.InceptionUnavailable, match="does not exist"):
+        fid.load_inception(tmp_path / "missing.pt")
+
+
+def test_the_resize_is_tensorflow_1s_bilinear_without_half_pixel_centres():
+    import torch
+
+    x = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    y = fid.tf_resize_bilinear(x, 8)
+    # TF1: source = dest * in / out, so every even output pixel is an input pixel exactly,
+    # odd ones are midpoints, and the last column repeats the edge.
+    assert torch.equal(y[0, 0, ::2, ::2], x[0, 0])
+    assert y[0, 0, 0, 1] == pytest.approx(0.5) and y[0, 0, 0, 7] == pytest.approx(3.0)
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return fid.InceptionFeatures(batch_size=16)
+
+
+@pytest.mark.slow
+def test_blurring_or_adding_noise_raises_fid_monotonically(inception):
+    from conftest import pattern
+
+    rng = np.random.default_rng(3)
+    images = [np.asarray(pattern(64, 64, seed=s)) for s in range(24)]
+    real = fid.Stats.of(inception(np.stack(images)))
+
+    def fid_of(transform) -> float:
+        return fid.frechet_distance(real, fid.Stats.of(inception(np.stack(transform(images)))))
+
+    def blur(radius):
+        return lambda ims: [
+            np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius))) for im in ims
+        ]
+
+    def noise(sigma):
+        return lambda ims: [
+            np.clip(im + rng.normal(0, sigma, im.shape), 0, 255).astype(np.uint8) for im in ims
+        ]
+
+    blurred = [fid_of(blur(r)) for r in (0, 1, 3)]
+    noisy = [fid_of(noise(s)) for s in (8, 32)]
+    assert blurred[0] < 1e-3, blurred
+    assert blurred[0] < blurred[1] < blurred[2], blurred
+    assert blurred[0] < noisy[0] < noisy[1], noisy
+
+
+@pytest.mark.slow
+def test_training_logs_fid_and_keeps_the_best_checkpoint(shapes_dataset, tmp_path):
+    from vaegan.training import checkpoint as ckpt
+    from vaegan.training.config import ModelConfig, TrainConfig
+    from vaegan.training.train import train
+
+    cfg = TrainConfig(
+        model=ModelConfig(width=8, latent_dim=16),
+        steps=4,
+        batch_size=16,
+        eval_every=2,
+        checkpoint_every=4,
+        num_samples=8,
+        fid_every=2,
+        fid_samples=12,
+    )
+    run = tmp_path / "run"
+    train(cfg, shapes_dataset, run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["fid_n"] == 12 and r["fid_real_n"] == 64 and r["fid_samples"] > 0
+        assert 0 <= r["precision_samples"] <= 1 and 0 <= r["recall_samples"] <= 1
+    best = ckpt.load(run / "checkpoints" / ckpt.BEST)
+    assert best["best_fid"] == min(r["fid_samples"] for r in rows)
+    assert best["step"] == min(rows, key=lambda r: r["fid_samples"])["step"]
+    assert list(shapes_dataset.glob("fid_real_*.npz")), "real-set features are cached"
+
+
+@pytest.mark.slow
+def test_evaluate_scores_an_exported_version_and_ends_with_its_figures(
+    repo, shapes_dataset, tmp_path, capsys
+):
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--repository", str(repo), "--data", str(shapes_dataset), "--n", "10"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 10 and result["real_n"] == 64 and result["version"] == "1"
+    assert "train + val" in result["real_set"]
+    for key in ("samples", "reconstructions", "reconstructions_val"):
+        assert result[key]["fid"] > 0 and 0 <= result[key]["precision"] <= 1, key
+    assert result["reconstructions_val"]["n"] == 16
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("FID samples ") and "(n=10 each vs 64 real images)" in last
+    # a folder that is not a prepared dataset is a one-line error, not a traceback
+    assert main(["evaluate", "--repository", str(repo), "--data", str(tmp_path)]) == 2
