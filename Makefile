@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # ten minutes, which is what recognisable samples cost at this budget (cpu-quality is 64 px).
 DEMO_SIZE ?= 32
 
-.PHONY: help install triton-env browser proto proto-check test lint fuzz loadtest soak format demo demo-data demo-font evaluate triton bench clean
+.PHONY: help install triton-env browser check-extras proto proto-check test lint fuzz loadtest soak format demo demo-data demo-font evaluate triton bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ browser: ## playwright-core for the playground test (uses the system chromium: a
 
 test: $(STAMP) $(TRITON_STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check-extras: ## install each extra alone in a fresh venv (as the Dockerfiles do) and run its commands
+	bash scripts/check_extras.sh $(OUT)/check_extras
 
 PROTO := proto/vaegan/v1/vaegan.proto
 
