@@ -26,7 +26,10 @@ def main() -> None:
     faces = sorted(Path(a.images).glob("faces/*.png")) or sorted(Path(a.images).rglob("*.png"))
     with LocalTriton(a.repository) as triton:
         print(f"Triton ready on {triton.grpc_url} (metrics {triton.metrics_url})")
-        with gateway_process(triton.grpc_url, quiet=False) as gw:
+        # The gateway reads the version's directions and fitted prior from the repository
+        # Triton serves (in a cluster: the same volume, mounted read-only).
+        directions = ("--directions-repository", a.repository)
+        with gateway_process(triton.grpc_url, *directions, quiet=False) as gw:
             print(f"gateway SERVING on {gw.target} (metrics {gw.metrics_url})")
             subprocess.run([*vaegan, "info", "--target", gw.target], check=True)
             # Draws from the prior fitted at export, and for comparison from N(0, I).

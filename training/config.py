@@ -139,39 +139,31 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the networks (CUDA)")
 
 
+# The recipe of the CPU presets: reconstruction-led decoder (gamma 1), spectral-norm D
+# with the hinge loss, D at least as fast as G (TTUR, Heusel et al. 2017). At these budgets
+# the GAN cannot yet make N(0, I) draws into the data, while draws from the prior that
+# export fits to the training codes (vaegan/prior.py) decode to recognisable images.
+_CPU_RECIPE: dict[str, Any] = dict(
+    batch_size=64,
+    eval_every=500,
+    checkpoint_every=500,
+    lr_enc=5e-4,
+    lr_dec=5e-4,
+    lr_dis=5e-4,
+    gamma=1.0,
+    pixel_weight=1.0,  # with spectral norm D's features are small: pixels carry colour
+    gan_loss="hinge",
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # Narrow networks that finish a useful run in ~10 minutes on 2 CPU cores, on 32x32 images
-    # (make demo prepares the emoji at 32 px: 4x the steps of 64 px in the same time). The
-    # decoder is reconstruction-led (gamma 1) and samples come from the fitted prior that
-    # export stores (vaegan/prior.py): at this budget the GAN cannot yet make N(0, I) draws
-    # into emoji, while draws near the training codes decode to recognisable ones.
+    # Narrow networks that finish in ~10 minutes on 2 CPU cores on 32x32 images (make demo
+    # prepares the emoji at 32 px: 4x the steps of 64 px in the same time).
     "cpu-demo": dict(
-        model=ModelConfig(width=16, latent_dim=32, d_norm="spectral"),
-        steps=2500,
-        batch_size=64,
-        eval_every=500,
-        checkpoint_every=500,
-        lr_enc=5e-4,
-        lr_dec=5e-4,
-        lr_dis=5e-4,  # D at least as fast as G (TTUR, Heusel et al. 2017)
-        gamma=1.0,
-        pixel_weight=1.0,  # with spectral norm D's features are small: pixels carry colour
-        gan_loss="hinge",
+        model=ModelConfig(width=16, latent_dim=32, d_norm="spectral"), steps=2500, **_CPU_RECIPE
     ),
-    # The same recipe at the product's 64 px, for a user without a GPU: about 45 minutes on
-    # 2 CPU cores.
+    # The same recipe at the product's 64 px, for a user without a GPU: ~45 minutes on 2 cores.
     "cpu-quality": dict(
-        model=ModelConfig(width=16, latent_dim=64, d_norm="spectral"),
-        steps=3000,
-        batch_size=64,
-        eval_every=500,
-        checkpoint_every=500,
-        lr_enc=5e-4,
-        lr_dec=5e-4,
-        lr_dis=5e-4,
-        gamma=1.0,
-        pixel_weight=1.0,
-        gan_loss="hinge",
+        model=ModelConfig(width=16, latent_dim=64, d_norm="spectral"), steps=3000, **_CPU_RECIPE
     ),
     # The seed documents' settings: width 64, batch 64, latent 100, 80k steps; FID as it goes
     # (keeps checkpoints/best.pt).

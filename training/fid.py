@@ -77,8 +77,8 @@ def tf_resize_bilinear(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Ten
     """TensorFlow 1's ``resize_bilinear`` (align_corners=False, no half-pixel centres),
     which the reference FID statistics were computed with: source = dest * in / out."""
     _, _, h, w = x.shape
-    ys = torch.arange(size, dtype=torch.float64) * (h / size)
-    xs = torch.arange(size, dtype=torch.float64) * (w / size)
+    ys = torch.arange(size, dtype=torch.float64, device=x.device) * (h / size)
+    xs = torch.arange(size, dtype=torch.float64, device=x.device) * (w / size)
     y0, x0 = ys.floor().long(), xs.floor().long()
     y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
     wy = (ys - y0).to(x.dtype)[:, None]
@@ -91,8 +91,14 @@ def tf_resize_bilinear(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Ten
 class InceptionFeatures:
     """uint8 NHWC images -> [N, 2048] float64 pool features of the FID Inception."""
 
-    def __init__(self, path: str | Path | None = None, batch_size: int = 50):
-        self.net = load_inception(path)
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        batch_size: int = 50,
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.net = load_inception(path).to(self.device)
         self.batch_size = batch_size
 
     @torch.inference_mode()
@@ -106,12 +112,13 @@ class InceptionFeatures:
         out = np.empty((len(images), FEATURES), np.float64)
         for start in range(0, len(images), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
+            chunk = chunk.to(self.device)
             x = tf_resize_bilinear(chunk.permute(0, 3, 1, 2).float()) / 128.0 - 1.0
             # channels_last runs oneDNN's faster convolutions on CPU; same features to ~1e-5
             feats = self.net(x.contiguous(memory_format=torch.channels_last))
             if feats.ndim > 2:
                 feats = feats.mean(dim=tuple(range(2, feats.ndim)))
-            out[start : start + len(chunk)] = feats.double().numpy()
+            out[start : start + len(chunk)] = feats.double().cpu().numpy()
             if progress:
                 progress(len(chunk))
         return out

@@ -491,7 +491,8 @@ class _FidTracker:
 
         self.fid, self.n, self.device = fid, cfg.fid_samples, device
         self.seed = cfg.seed + 3
-        self.inception = fid.InceptionFeatures()  # fails now, not hours in, if it is missing
+        # Loaded now, so a missing network fails the run at once, not hours in.
+        self.inception = fid.InceptionFeatures(device=device)
         self.real = fid.real_set(data_dir, self.inception, progress=False)
         self.best: float | None = None
         self.improved_at: int | None = None
