@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
+work=$(cd "$work" && pwd)  # absolute: the installs run from a copy of the tree
 py=${PYTHON:-python3}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -14,19 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "translation", "cutout")
+from vaegan.training.config import DIFFAUGMENT as POLICIES
+from vaegan.training.config import parse_policy
 
-
-def parse_policy(policy: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in policy.split(",") if p.strip())
-    unknown = [p for p in names if p not in POLICIES]
-    if unknown:
-        from vaegan.errors import VaeganError
-
-        raise VaeganError(
-            f"diffaugment: unknown transform {unknown[0]!r}; choose from {', '.join(POLICIES)}"
-        )
-    return names
+__all__ = ["POLICIES", "diff_augment", "parse_policy"]
 
 
 def _rand(n: int, share: slice, *shape: int, like: torch.Tensor) -> torch.Tensor:

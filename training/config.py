@@ -9,7 +9,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from vaegan.errors import VaeganError
-from vaegan.training.augment import parse_policy
+
+
+def parse_policy(policy: str) -> tuple[str, ...]:
+    """``diffaugment``'s comma-separated transform names, checked. Here and torch-free: every
+    command's parser, ``vaegan serve``'s too, lists the presets from this module."""
+    names = tuple(p.strip() for p in policy.split(",") if p.strip())
+    unknown = [p for p in names if p not in DIFFAUGMENT]
+    if unknown:
+        raise VaeganError(
+            f"diffaugment: unknown transform {unknown[0]!r}; choose from {', '.join(DIFFAUGMENT)}"
+        )
+    return names
 
 
 def _f(default: Any, help: str) -> Any:
@@ -17,6 +28,7 @@ def _f(default: Any, help: str) -> Any:
 
 
 UPSAMPLES = ("resize", "transpose")
+DIFFAUGMENT = ("color", "translation", "cutout")  # transforms of training/augment.py
 D_NORMS = ("batch", "spectral")
 # What checkpoints written before a field existed were trained with.
 _MODEL_LEGACY = {"upsample": "transpose", "d_norm": "batch"}

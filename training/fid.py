@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,11 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     import scipy.linalg
 
     diff = a.mu - b.mu
-    covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
+    with warnings.catch_warnings():
+        # Below 2,048 images a covariance is singular by construction; sqrtm still returns
+        # the root, and the ridge below handles the cases where it does not.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
     if not np.isfinite(covmean).all():
         eps = np.eye(len(a.mu)) * 1e-6
         covmean = scipy.linalg.sqrtm((a.sigma + eps) @ (b.sigma + eps))
