@@ -103,7 +103,7 @@ demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, trai
 	@echo "Triton model repository: $(OUT)/demo_repository (serve it with: make triton)"
 	$(BIN)/python scripts/serve_demo.py --repository $(OUT)/demo_repository --images $(OUT)/demo_images --out $(OUT)
 
-evaluate: $(STAMP) ## FID and precision/recall of the demo model, n = 1,000 (~10 min on 2 cores; make demo first)
+evaluate: $(STAMP) ## FID and precision/recall of the demo model, n = 1,000 (~15 min on 2 cores; make demo first)
 	@test -d $(OUT)/demo_repository || { echo "run 'make demo' first"; exit 1; }
 	$(BIN)/vaegan evaluate --repository $(OUT)/demo_repository --data $(OUT)/demo_data --n 1000 --out $(OUT)/demo_evaluate.json
 

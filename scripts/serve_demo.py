@@ -74,7 +74,7 @@ def main() -> None:
         f"open {out / 'demo_generated.png'} (fitted prior; N(0, I): "
         f"{out / 'demo_generated_standard.png'}) and {out / 'demo_interpolation.png'}"
     )
-    print("FID of the demo model (about 10 minutes on 2 cores): make evaluate")
+    print("FID of the demo model (about 15 minutes on 2 cores): make evaluate")
     sys.exit(gw.process.returncode)
 
 
