@@ -83,9 +83,10 @@ wait_for "$port"
 "$s/vaegan" generate --target "127.0.0.1:$port" --random 4 --prior fitted --out "$work/generated.png"
 "$s/vaegan" encode --target "127.0.0.1:$port" "$work"/images/000.png "$work"/images/001.png --out "$work/z.npy"
 "$s/vaegan" interpolate --target "127.0.0.1:$port" "$work"/images/000.png "$work"/images/001.png --steps 3 --out "$work/walk.png"
-"$s/python" -c "
+# From $work: in the source tree's root, python -c would import its ./vaegan folder instead.
+(cd "$work" && "$s/python" -c "
 import sys, vaegan.service.server, vaegan.client, vaegan.cli
-assert 'torch' not in sys.modules, 'the gateway imported torch'"
+assert 'torch' not in sys.modules, 'the gateway imported torch'")
 echo "serving extra: serve and the client verbs ran without torch"
 
 # --- playground ---
