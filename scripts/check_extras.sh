@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 work=${1:-$(mktemp -d)}
+rm -rf "$work"  # a scratch folder: every run starts from nothing, as a fresh image would
 mkdir -p "$work"
 work=$(cd "$work" && pwd)  # absolute: the installs run from a copy of the tree
 py=${PYTHON:-python3}
