@@ -106,7 +106,6 @@ def evaluate(
         raise VaeganError("--n must be at least 4 (precision/recall compare 3 neighbours)")
     inception = fid.InceptionFeatures()
     real = fid.real_set(data, inception, progress)
-    images, _ = fid.real_images(data)
     val = np.array(ds.val_images()) if len(ds.val) > 4 else None  # a copy: the split is small
     with tqdm(
         total=(3 if model.prior else 2) * n + (len(val) if val is not None else 0),
@@ -118,7 +117,7 @@ def evaluate(
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, model.latent_dim)).astype(np.float32)
         samples = model.decode(z)
-        picked = images[rng.choice(len(images), size=n, replace=n > len(images))]
+        picked = real.images[rng.choice(len(real.images), size=n, replace=n > len(real.images))]
         recon = model.decode(model.encode(picked))
         out: dict[str, Any] = {
             **model.source,

@@ -206,6 +206,7 @@ class RealSet:
     """The real images' features (for precision/recall) and statistics, cached beside the
     data in ``fid_real_<key>.npz`` where the key hashes the images' bytes and the network."""
 
+    images: np.ndarray
     features: np.ndarray
     stats: Stats
     description: str
@@ -224,7 +225,7 @@ def real_set(data_dir: str | Path, inception: InceptionFeatures, progress: bool 
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, features=features)
         tmp.replace(cache)
-    return RealSet(features, Stats.of(features), description)
+    return RealSet(images, features, Stats.of(features), description)
 
 
 @dataclass(frozen=True)
