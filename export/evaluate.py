@@ -61,12 +61,13 @@ def from_checkpoint(
     import torch
 
     from vaegan import prior
-    from vaegan.export.export import load_model, training_codes
+    from vaegan.export.export import ExportOptions, load_model, training_codes
     from vaegan.training.model import from_pixels, to_pixels
 
     model, state = load_model(path)
+    limit = ExportOptions().pca_images  # the codes export fits its prior to
     mixture = (
-        prior.fit(training_codes(model, data, 4096), components) if data and components else None
+        prior.fit(training_codes(model, data, limit), components) if data and components else None
     )
 
     @torch.no_grad()
