@@ -61,7 +61,8 @@ def from_checkpoint(
     import torch
 
     from vaegan import prior
-    from vaegan.export.export import ExportOptions, load_model, training_codes
+    from vaegan.export.export import load_model, training_codes
+    from vaegan.export.options import ExportOptions
     from vaegan.training.model import from_pixels, to_pixels
 
     model, state = load_model(path)

@@ -12,39 +12,22 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vaegan import interface as api
 from vaegan.errors import VaeganError
 from vaegan.export import directions
 from vaegan.export import repository as repo_mod
 from vaegan.export.onnx_graphs import export_graphs
-from vaegan.export.repository import BACKENDS, BatchingOptions, ModelSpec
-from vaegan.export.tensorrt import Profile, build_plan, require_tensorrt
-from vaegan.prior import DEFAULT_COMPONENTS
+from vaegan.export.options import BACKENDS, ExportOptions
+from vaegan.export.repository import ModelSpec
+from vaegan.export.tensorrt import build_plan, require_tensorrt
 from vaegan.training import checkpoint as ckpt
 from vaegan.training.config import ModelConfig
 from vaegan.training.model import VAEGAN
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    backend: str = "onnxruntime"
-    fp16: bool = False
-    encoder_name: str = api.ENCODER_MODEL
-    decoder_name: str = api.DECODER_MODEL
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
-    trt_profile: Profile = field(default_factory=Profile)
-    execution_env: str | None = None  # python backend; None = default_execution_env()
-    intra_op_threads: int = 0
-    data: str | None = None  # prepared dataset: principal directions of its encodings
-    principal_directions: int = 8  # how many (pc1..pcK)
-    prior_components: int = DEFAULT_COMPONENTS  # Gaussians in the fitted latent prior (0 = none)
-    pca_images: int = 4096  # at most this many training images, sampled
 
 
 def default_execution_env() -> str:

@@ -21,18 +21,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from vaegan import interface as api
 from vaegan.errors import VaeganError
+from vaegan.export.options import BatchingOptions
 
-BACKENDS = ("onnxruntime", "tensorrt", "python")
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    max_batch_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
-    max_queue_delay_us: int = 2000
-    instance_kind: str = "auto"  # auto: GPU for onnxruntime/tensorrt, CPU for python
-    instance_count: int = 1
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vaegan.errors import VaeganError
-
-
-@dataclass(frozen=True)
-class Profile:
-    min_batch: int = 1
-    opt_batch: int = 16
-    max_batch: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise VaeganError(f"TensorRT profile needs 1 <= min <= opt <= max, got {self}")
+from vaegan.export.options import Profile
 
 
 def require_tensorrt():

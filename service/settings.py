@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vaegan import interface as api
+from vaegan.flags import parse_bool
 from vaegan.preprocess import DEFAULT_MAX_PIXELS
 
 MiB = 1024 * 1024
@@ -126,12 +127,6 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
 
 def _parser(f):
     """The function that turns a flag's or an environment variable's text into the field's type."""
-    return {"int": int, "float": float, "bool": _bool, "str": str, "str | None": str}[str(f.type)]
-
-
-def _bool(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+    return {"int": int, "float": float, "bool": parse_bool, "str": str, "str | None": str}[
+        str(f.type)
+    ]

@@ -135,7 +135,8 @@ def repo(tiny_checkpoint, tmp_path_factory) -> Path:
     repository serves the embedded backend and the real local Triton. Tests only read it."""
     import sys
 
-    from vaegan.export.export import ExportOptions, export
+    from vaegan.export.export import export
+    from vaegan.export.options import ExportOptions
 
     path = tmp_path_factory.mktemp("repo")
     export(

@@ -197,8 +197,9 @@ def test_every_dashboard_metric_is_exported_by_the_gateway_or_triton(tiny_checkp
     from gateway_harness import GatewayThread
 
     from vaegan.client import LatentClient
-    from vaegan.export.export import ExportOptions, export
+    from vaegan.export.export import export
     from vaegan.export.local_triton import LocalTriton
+    from vaegan.export.options import ExportOptions
     from vaegan.service.settings import Settings
 
     export(

@@ -16,8 +16,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from vaegan.errors import VaeganError
-from vaegan.export.export import ExportOptions, export, load_model
+from vaegan.export.export import export, load_model
 from vaegan.export.local_triton import LocalTriton, shm_regions
+from vaegan.export.options import ExportOptions
 from vaegan.service.process import gateway_process
 from vaegan.training.model import from_pixels, to_pixels
 

@@ -5,10 +5,12 @@ and ``--set FIELD=VALUE`` overrides generated from the fields (unknown names are
 from __future__ import annotations
 
 import dataclasses
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from vaegan.errors import VaeganError
+from vaegan.flags import parse_bool
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
@@ -211,14 +213,8 @@ def _coerce(name: str, raw: str, typ: Any) -> Any:
         else {"int": int, "float": float, "bool": bool, "str": str}[typ]
     )
     try:
-        if typ is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return typ(raw)
-    except ValueError:
+        return parse_bool(raw) if typ is bool else typ(raw)
+    except (ValueError, ArgumentTypeError):
         raise VaeganError(f"--set {name}={raw}: expected a {typ.__name__}") from None
 
 
