@@ -135,7 +135,7 @@ def main() -> None:
         for mode in ("serve", "refuse")
     ]
     if a.repository:
-        from vaegan.export.repository import latent_dim
+        from vaegan.repository import latent_dim
         from vaegan.v1 import vaegan_pb2 as pb
 
         serve = [sys.executable, "-m", "vaegan.cli", "serve", "--model-repository", a.repository]

@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
-from vaegan.export.repository import latent_dim
+from vaegan.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.service.settings import add_arguments, from_args
 from vaegan.throttle import AdaptiveThrottle, AioThrottlingInterceptor

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
-from vaegan.export.repository import latent_dim
+from vaegan.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc

@@ -43,8 +43,8 @@ class Scored:
 
 def from_repository(repo: str | Path, version: str = "") -> Scored:
     from vaegan import interface as api
-    from vaegan.export.directions import load_prior, resolve_version
     from vaegan.export.offline import OfflineModel
+    from vaegan.repository import load_prior, resolve_version
 
     version = resolve_version(Path(repo), version)
     model = OfflineModel(repo, version)

@@ -16,13 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vaegan import repository as store
 from vaegan.errors import VaeganError
-from vaegan.export import directions
-from vaegan.export import repository as repo_mod
+from vaegan.export import writer
 from vaegan.export.onnx_graphs import export_graphs
 from vaegan.export.options import BACKENDS, ExportOptions
-from vaegan.export.repository import ModelSpec
 from vaegan.export.tensorrt import build_plan, require_tensorrt
+from vaegan.export.writer import ModelSpec
 from vaegan.training import checkpoint as ckpt
 from vaegan.training.config import ModelConfig
 from vaegan.training.model import VAEGAN
@@ -128,7 +128,7 @@ def export(
         env = opts.execution_env if opts.execution_env is not None else default_execution_env()
         if env:
             check_execution_env(env)
-    repo_mod.check_writable(repository)
+    writer.check_writable(repository)
     cfg = model.cfg
 
     t0 = time.time()
@@ -170,7 +170,7 @@ def export(
         if opts.backend == "tensorrt":
             batching = replace(opts.batching, max_batch_size=opts.trt_profile.max_batch)
             spec = replace(spec, batching=batching)
-            in_name, _, in_dims = repo_mod.io_tensors(spec)[0][0]
+            in_name, _, in_dims = writer.io_tensors(spec)[0][0]
             files = {
                 "model.plan": build_plan(onnx_bytes, in_name, in_dims, opts.trt_profile, opts.fp16)
             }
@@ -193,17 +193,19 @@ def export(
             "val_mse": (state.get("metrics") or {}).get("val_mse"),
             "parity": graphs.parity,
         }
-        plans.append(repo_mod.plan_model(repository, spec, files, facts))
+        plans.append(writer.plan_model(repository, spec, files, facts))
     if (pcs or mixture) and plans[0].version == plans[1].version:  # with the version, atomically
-        identity = directions.model_identity(
+        identity = store.model_identity(
             str(plans[1].version), plans[0].facts["onnx_sha256"], plans[1].facts["onnx_sha256"]
         )
-        plans[1].files[directions.FILE] = directions.file_bytes(identity, {d.name: d for d in pcs})
+        plans[1].files[store.DIRECTIONS_FILE] = store.directions_bytes(
+            identity, {d.name: d for d in pcs}
+        )
         if mixture is not None:
-            plans[1].files[directions.PRIOR_FILE] = directions.prior_bytes(identity, mixture)
+            plans[1].files[store.PRIOR_FILE] = store.prior_bytes(identity, mixture)
     elif pcs or mixture:
         log("encoder and decoder versions differ: principal directions and prior not stored")
-    written = [repo_mod.write_model(plan) for plan in plans]
+    written = [writer.write_model(plan) for plan in plans]
     for path in written:
         log(f"wrote {path}")
     log(

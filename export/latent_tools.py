@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaegan.export import directions as store
+from vaegan import repository as store
 from vaegan.export.offline import OfflineModel
 from vaegan.grid import save_grid
 from vaegan.latent import (
@@ -56,9 +56,9 @@ def add_attribute(
     if len(test_without) and len(test_with):
         held = _held_out(model, d, mu_with[keep_with].mean(0), pix_without[test_without])
         held.auc = roc_auc(mu_with[test_with] @ d.array(), mu_without[test_without] @ d.array())
-    found = store.load(repo, version)
+    found = store.load_directions(repo, version)
     found[name] = d
-    return d, held, store.save(repo, version, found)
+    return d, held, store.save_directions(repo, version, found)
 
 
 def sweep_grid(
@@ -79,7 +79,7 @@ def sweep_grid(
     model = OfflineModel(repo, version)
     z = model.encode(np.stack([preprocess(p, model.crop) for p in images]))
     weights = np.linspace(low, high, steps)
-    found = store.load(repo, version)
+    found = store.load_directions(repo, version)
     if name.isdigit():  # the first N latent dimensions, one row each, for the first image
         rows = [
             sweep(z[:1], lookup(found, f"dim{i}", z.shape[1]), weights) for i in range(int(name))

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +23,13 @@ import numpy as np
 
 from vaegan import interface as api
 from vaegan.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable, VaeganError
-from vaegan.preprocess import CropPolicy
+from vaegan.repository import ModelMeta, meta_from_parameters, read_config
 from vaegan.service.batching import DeadlineExceeded
 from vaegan.service.metrics import Metrics
 
 ROLES = ("encoder", "decoder")
 INPUT = {"encoder": api.ENCODER_INPUT, "decoder": api.DECODER_INPUT}
 OUTPUTS = {"encoder": list(api.ENCODER_OUTPUTS), "decoder": [api.DECODER_OUTPUT]}
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    name: str
-    version: str
-    latent_dim: int
-    image_size: int
-    crop: CropPolicy
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def meta_from_parameters(name: str, version: str, params: dict[str, str]) -> ModelMeta:
-    try:
-        facts = json.loads(params.get(api.PARAM_VERSION_FACTS, "{}")).get(version, {})
-        return ModelMeta(
-            name=name,
-            version=version,
-            latent_dim=int(params[api.PARAM_LATENT_DIM]),
-            image_size=int(params[api.PARAM_IMAGE_SIZE]),
-            crop=CropPolicy.from_dict(json.loads(params[api.PARAM_CROP])),
-            facts=facts,
-        )
-    except (KeyError, ValueError) as e:
-        raise Unavailable(
-            f"model {name} has no vaegan facts in its config ({e}); export it with vaegan export"
-        ) from None
 
 
 class Backend(abc.ABC):
@@ -120,8 +91,6 @@ class OnnxBackend(Backend):
     def _config(self, role: str):
         """The model's parsed config.pbtxt, parsed again only when the file changes (a
         version-policy edit is picked up without a restart)."""
-        from vaegan.export.repository import read_config
-
         path = self.repository / self.names[role] / "config.pbtxt"
         try:
             stamp = path.stat().st_mtime_ns

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from vaegan import repository as store
 from vaegan.errors import InvalidInput
-from vaegan.export import directions as directions_store
 from vaegan.latent import Direction
 from vaegan.prior import GaussianMixture
-from vaegan.service.backends import Backend, ModelMeta
+from vaegan.repository import ModelMeta
+from vaegan.service.backends import Backend
 from vaegan.service.batching import Batcher, DeadlineExceeded
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
@@ -29,12 +30,12 @@ class Gateway:
 
     def directions(self, version: str) -> dict[str, Direction]:
         """The latent directions of a decoder version (re-read when the file changes)."""
-        found = self._latent_file(version, directions_store.path, directions_store.load)
+        found = self._latent_file(version, store.directions_path, store.load_directions)
         return found or {}
 
     def prior(self, version: str) -> GaussianMixture | None:
         """The fitted prior of a decoder version, or None (re-read when the file changes)."""
-        return self._latent_file(version, directions_store.prior_path, directions_store.load_prior)
+        return self._latent_file(version, store.prior_path, store.load_prior)
 
     def _latent_file(self, version: str, where, load) -> Any:
         root = self.settings.directions_repository or self.settings.model_repository

@@ -155,7 +155,7 @@ def latent_repo(repo, tmp_path_factory) -> Path:
     import shutil
 
     from vaegan import prior
-    from vaegan.export import directions as store
+    from vaegan import repository as store
     from vaegan.export.latent_tools import add_attribute
     from vaegan.latent import principal_directions
 
@@ -167,9 +167,9 @@ def latent_repo(repo, tmp_path_factory) -> Path:
     for i, p in enumerate(sorted(shapes.iterdir())):
         shutil.copy(p, (discs if i % 2 else squares) / p.name)
     add_attribute(copy, "round", discs, squares)
-    found = store.load(copy, "1")
+    found = store.load_directions(copy, "1")
     z = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     found.update({d.name: d for d in principal_directions(z, 3)})
-    store.save(copy, "1", found)
+    store.save_directions(copy, "1", found)
     store.save_prior(copy, "1", prior.fit(z, 3))
     return copy

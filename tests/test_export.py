@@ -18,7 +18,7 @@ from vaegan.cli import main
 from vaegan.errors import VaeganError
 from vaegan.export.export import export, load_model
 from vaegan.export.options import BatchingOptions, ExportOptions
-from vaegan.export.repository import ModelSpec, config_text, model_config
+from vaegan.export.writer import ModelSpec, config_text, model_config
 from vaegan.training.model import from_pixels, to_pixels
 
 TRITON_ENV = Path(sys.prefix + "-triton")

@@ -11,9 +11,9 @@ import pytest
 from conftest import shapes_folder
 from PIL import Image
 
+from vaegan import repository as store
 from vaegan.cli import main
 from vaegan.errors import FailedPrecondition, InvalidInput, NotFound, VaeganError
-from vaegan.export import directions as store
 from vaegan.latent import (
     Direction,
     analogy,
@@ -115,8 +115,8 @@ def test_a_directions_file_from_another_version_is_refused(own_repo, discs_and_s
         facts = own_repo / model / "2" / "facts.json"
         facts.write_text(json.dumps({**json.loads(facts.read_text()), "onnx_sha256": "other"}))
     with pytest.raises(VaeganError, match="belongs to another model"):
-        store.load(own_repo, "2")
-    assert list(store.load(own_repo, "1")) == ["round"]
+        store.load_directions(own_repo, "2")
+    assert list(store.load_directions(own_repo, "1")) == ["round"]
 
 
 def test_too_few_images_exit_2_and_write_nothing(own_repo, discs_and_squares, tmp_path, capsys):
@@ -160,7 +160,7 @@ def test_export_with_data_stores_principal_directions_and_prior_with_the_new_ver
         backend="onnxruntime", data=str(shapes_dataset), principal_directions=3, prior_components=4
     )
     export(tiny_checkpoint, tmp_path / "repo", opts, log=lambda *_: None)
-    found = store.load(tmp_path / "repo", "1")  # checked against the version's graphs
+    found = store.load_directions(tmp_path / "repo", "1")  # checked against the version's graphs
     assert [found[n].kind for n in ("pc1", "pc2", "pc3")] == ["principal"] * 3
     assert found["pc1"].counts == {"images": 48}
     assert found["pc1"].explained_variance >= found["pc2"].explained_variance
@@ -174,7 +174,9 @@ def test_export_with_data_stores_principal_directions_and_prior_with_the_new_ver
         ExportOptions(backend="onnxruntime"),
         log=lambda *_: None,
     )
-    assert store.load(tmp_path / "repo", "2") == {}  # no --data: no directions, none borrowed
+    assert (
+        store.load_directions(tmp_path / "repo", "2") == {}
+    )  # no --data: no directions, none borrowed
     assert store.load_prior(tmp_path / "repo", "2") is None
     # a prior copied from another version is refused, not used
     shutil.copy(store.prior_path(tmp_path / "repo", "1"), store.prior_path(tmp_path / "repo", "2"))

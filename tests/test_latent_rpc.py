@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gateway_harness import GatewayThread
 
-from vaegan.export import directions as store
+from vaegan import repository as store
 from vaegan.export.local_triton import LocalTriton
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
@@ -50,7 +50,7 @@ def test_list_attributes_shows_attributes_and_principal_directions(stub):
 
 
 def test_edit_moves_the_embedding_by_weight_times_scale_and_decodes_it(stub, latent_repo):
-    d = store.load(latent_repo, "1")["round"]
+    d = store.load_directions(latent_repo, "1")["round"]
     z0 = np.random.default_rng(1).standard_normal(16).astype(np.float32)
     r = stub.Edit(pb.EditRequest(source=_emb(z0), weights={"round": 1.5}, output=RAW), timeout=30)
     expected = z0 + 1.5 * d.scale * d.array()
@@ -69,7 +69,7 @@ def test_edit_of_an_image_starts_from_its_encoding(stub, latent_repo):
 
 
 def test_an_edit_sweep_returns_one_image_per_weight(stub, latent_repo):
-    d = store.load(latent_repo, "1")["pc2"]
+    d = store.load_directions(latent_repo, "1")["pc2"]
     sweep = pb.Sweep(name="pc2", low=-2, high=2, steps=5)
     r = stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), sweep=sweep, output=RAW), timeout=30)
     assert list(r.sweep_weights) == [-2, -1, 0, 1, 2] and len(r.images) == 5
@@ -166,7 +166,7 @@ def test_bad_latent_request_gets_its_status_and_the_next_call_succeeds(stub, cas
 
 
 def test_directions_of_another_model_version_are_refused_not_used(stub, latent_repo):
-    path = latent_repo / "vaegan_decoder" / "1" / store.FILE
+    path = latent_repo / "vaegan_decoder" / "1" / store.DIRECTIONS_FILE
     original = path.read_text()
     data = json.loads(original)
     data["model"]["vaegan_decoder_onnx_sha256"] = "0" * 64  # as if copied from another export

@@ -88,10 +88,10 @@ def attributes_add(a: argparse.Namespace) -> int:
 def attributes_list(a: argparse.Namespace) -> int:
     import json
 
-    from vaegan.export import directions as store
+    from vaegan import repository as store
 
     version = store.resolve_version(Path(a.repository), a.version)
-    found = store.load(a.repository, version)
+    found = store.load_directions(a.repository, version)
     rows = {n: {k: v for k, v in d.to_dict().items() if k != "vector"} for n, d in found.items()}
     print(json.dumps({"model_version": version, "directions": rows}, indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""The Triton model repository: config.pbtxt generation, versions, atomic writes.
+"""Writing the Triton model repository (its format: ``vaegan.repository``): config.pbtxt
+generation, planned versions, atomic writes.
 
 Each export adds version N+1 of each model and points the config's version policy at it
 (``specific { versions: [N+1] }``). Older versions stay on disk, so a rollback or a
@@ -22,8 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from vaegan import interface as api
 from vaegan.errors import VaeganError
 from vaegan.export.options import BatchingOptions
-
-MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+from vaegan.repository import CONFIG_FILE, FACTS_FILE, read_config, versions_on_disk
 
 
 @dataclass(frozen=True)
@@ -101,30 +101,6 @@ def config_text(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
 
 
-def read_config(model_dir: Path) -> mc.ModelConfig | None:
-    path = model_dir / "config.pbtxt"
-    if not path.is_file():
-        return None
-    try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
-    except text_format.ParseError as e:
-        raise VaeganError(f"{path} is not a valid Triton model config: {e}") from None
-
-
-def latent_dim(repository: str | Path, model: str = api.DECODER_MODEL) -> int:
-    """The latent size a model of the repository was exported with (its config's facts)."""
-    cfg = read_config(Path(repository) / model)
-    if cfg is None:
-        raise VaeganError(f"no model {model} in {repository}")
-    return int(cfg.parameters[api.PARAM_LATENT_DIM].string_value)
-
-
-def versions_on_disk(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 @dataclass
 class PlannedModel:
     """What one export will write for one model; built and validated before any write."""
@@ -191,7 +167,7 @@ def write_model(plan: PlannedModel) -> Path:
     try:
         for name, data in plan.files.items():
             (tmp / name).write_bytes(data)
-        (tmp / "facts.json").write_text(json.dumps(plan.facts, indent=2, sort_keys=True) + "\n")
+        (tmp / FACTS_FILE).write_text(json.dumps(plan.facts, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         os.rename(tmp, plan.model_dir / str(plan.version))
     except BaseException:
@@ -201,5 +177,5 @@ def write_model(plan: PlannedModel) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(config_text(plan.config))
     os.chmod(tmp_cfg, 0o644)
-    os.replace(tmp_cfg, plan.model_dir / "config.pbtxt")
+    os.replace(tmp_cfg, plan.model_dir / CONFIG_FILE)
     return plan.model_dir / str(plan.version)
