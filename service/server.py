@@ -1,13 +1,11 @@
-"""``vaegan serve``: the asyncio gRPC server, its interceptor, health and shutdown."""
+"""``vaegan serve``: the asyncio gRPC server, health, and shutdown (its interceptors:
+``vaegan.service.interceptors``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
 import signal
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -16,233 +14,23 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from vaegan import __version__
-from vaegan.errors import InvalidInput, VaeganError
+from vaegan.errors import VaeganError
 from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
 from vaegan.service.gateway import Gateway
+from vaegan.service.interceptors import (
+    SERVICE,
+    AdmissionInterceptor,
+    AuthInterceptor,
+    Lifecycle,
+    Outcomes,
+    StatusInterceptor,
+)
 from vaegan.service.metrics import Metrics
 from vaegan.service.servicer import LatentServicer
 from vaegan.service.settings import Settings
-from vaegan.v1 import vaegan_pb2, vaegan_pb2_grpc
+from vaegan.v1 import vaegan_pb2_grpc
 
 log = logging.getLogger("vaegan.service")
-SERVICE = vaegan_pb2.DESCRIPTOR.services_by_name["LatentService"].full_name
-
-
-class Lifecycle:
-    """In-flight RPCs and the draining switch. Once draining, new calls are refused with a
-    retryable UNAVAILABLE by the gateway itself; gRPC's own server shutdown would cancel
-    calls that arrive while it runs."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def enter(self) -> None:
-        self.inflight += 1
-        self.idle.clear()
-
-    def leave(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self.idle.set()
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the project's errors to their gRPC codes, hides everything else behind a
-    generic INTERNAL (logged with its traceback), records the RPC metrics, and refuses
-    new calls while draining (UNAVAILABLE) or at the concurrency cap (RESOURCE_EXHAUSTED)."""
-
-    def __init__(self, metrics: Metrics, lifecycle: Lifecycle, max_inflight: int):
-        self.metrics, self.lifecycle, self.max_inflight = metrics, lifecycle, max_inflight
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # by method, built once
-        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
-            return handler
-        # Refuse before the request is parsed when the answer is already known, with a handler
-        # built once: an overloaded gateway mostly refuses, and a refusal then costs what
-        # grpc.aio itself costs (benchmarks/grpc_floor.py), whatever the request's size.
-        life = self.lifecycle
-        if life.draining:
-            return self._refusal(details.method, handler, "UNAVAILABLE")
-        if life.inflight >= self.max_inflight:
-            return self._refusal(details.method, handler, "RESOURCE_EXHAUSTED")
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(details.method, handler)
-        return wrapped
-
-    def _wrap(self, full_method: str, handler):
-        method = full_method.rsplit("/", 1)[-1]
-        parse = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request, context):
-                async with self._call(method, context):
-                    _check_parsed(request)
-                    return await inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=parse, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request, context):
-                async with self._call(method, context):
-                    _check_parsed(request)
-                    async for item in inner_stream(request, context):
-                        yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=parse, response_serializer=handler.response_serializer
-            )
-        return handler
-
-    def _refusal(self, full_method: str, handler, code_name: str):
-        """A handler that answers ``code_name`` without parsing the request (raw bytes in)
-        and without raising (setting the status is cheaper than an abort)."""
-        key = (full_method, code_name)
-        if key in self._refusals:
-            return self._refusals[key]
-        method = full_method.rsplit("/", 1)[-1]
-        counted = self.metrics.handled.labels(SERVICE, method, code_name)
-        code = getattr(grpc.StatusCode, code_name)
-        details = self._refusal_message(code_name)
-
-        def refuse(context) -> None:
-            counted.inc()
-            context.set_code(code)
-            context.set_details(details)
-
-        if handler.unary_stream is not None:
-
-            async def refuse_stream(request, context):
-                refuse(context)
-                return
-                yield  # an async generator that sends nothing
-
-            built = grpc.unary_stream_rpc_method_handler(refuse_stream)
-        else:
-
-            async def refuse_unary(request, context):
-                refuse(context)
-                return b""
-
-            built = grpc.unary_unary_rpc_method_handler(refuse_unary)
-        self._refusals[key] = built
-        return built
-
-    def _refusal_message(self, code_name: str) -> str:
-        if code_name == "UNAVAILABLE":
-            return "the gateway is shutting down; retry (another replica)"
-        return f"the gateway is handling {self.max_inflight} calls, its limit; retry with backoff"
-
-    @contextlib.asynccontextmanager
-    async def _call(self, method: str, context):
-        """Admission (draining, the concurrency cap), then the call, its status and metrics."""
-        m, life, cap = self.metrics, self.lifecycle, self.max_inflight
-        code = "OK"
-        start = time.perf_counter()
-        if life.draining:
-            m.handled.labels(SERVICE, method, "UNAVAILABLE").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, self._refusal_message("UNAVAILABLE"))
-        # Checked again here: calls that passed intercept_service together can overshoot.
-        if life.inflight >= cap:  # the concurrency cap: refuse now rather than queue up latency
-            m.handled.labels(SERVICE, method, "RESOURCE_EXHAUSTED").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal_message("RESOURCE_EXHAUSTED")
-            )
-        m.inflight.inc()
-        life.enter()
-        try:
-            yield
-        except VaeganError as e:
-            code = e.grpc_code
-            await context.abort(getattr(grpc.StatusCode, code), str(e))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            code = context.code().name if context.code() else "UNKNOWN"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("unexpected error in %s", method)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
-            )
-        finally:
-            life.leave()
-            m.inflight.dec()
-            m.handled.labels(SERVICE, method, code).inc()
-            m.handling.labels(SERVICE, method).observe(time.perf_counter() - start)
-
-
-class _Malformed:
-    """What a request that is not valid protobuf parses to, so the handler can answer
-    INVALID_ARGUMENT (grpc.aio itself would answer UNKNOWN, naming a Python exception)."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-
-def _tolerant(deserializer):
-    if deserializer is None:
-        return None
-    owner = getattr(deserializer, "__self__", None)
-    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
-
-    def parse(data: bytes):
-        try:
-            return deserializer(data)
-        except Exception as e:  # protobuf's DecodeError, or anything a parser raises
-            return _Malformed(f"the request body is not a valid {name} message ({e})")
-
-    return parse
-
-
-def _check_parsed(request) -> None:
-    if type(request) is _Malformed:
-        raise InvalidInput(request.message)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Bearer tokens from the ``authorization`` metadata, checked before the request is even
-    parsed: a caller without a valid token costs no decoding. Health (for probes) and
-    reflection stay open. Token comparison is constant-time."""
-
-    def __init__(self, tokens: frozenset[str], metrics: Metrics):
-        self.tokens = tuple(t.encode() for t in tokens)
-        self.metrics = metrics
-
-    def _valid(self, metadata) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                given = value[len("Bearer ") :].encode()
-                return any(hmac.compare_digest(given, t) for t in self.tokens)
-        return False
-
-    async def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{SERVICE}/") or self._valid(
-            details.invocation_metadata
-        ):
-            return await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
-        self.metrics.handled.labels(SERVICE, method, "UNAUTHENTICATED").inc()
-
-        async def deny(request, context):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token (metadata 'authorization: Bearer <token>')",
-            )
-
-        return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=lambda _: None)
 
 
 def make_backend(s: Settings, metrics: Metrics) -> Backend:
@@ -337,12 +125,13 @@ async def start(s: Settings) -> Running:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    outcomes, lifecycle = Outcomes(metrics), Lifecycle()
     tokens = s.tokens()
-    if tokens:
-        interceptors.append(AuthInterceptor(tokens, metrics))
-    lifecycle = Lifecycle()
-    interceptors.append(ErrorInterceptor(metrics, lifecycle, s.max_inflight))
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *([AuthInterceptor(tokens, outcomes)] if tokens else []),
+        AdmissionInterceptor(lifecycle, s.max_inflight, outcomes),
+        StatusInterceptor(outcomes),
+    ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(gateway)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)

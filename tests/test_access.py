@@ -178,3 +178,29 @@ def test_reflection_can_be_turned_off(repo):
             )
         )
         assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_made_up_method_names_are_counted_as_unknown_so_callers_cannot_grow_the_metrics(
+    repo, tmp_path
+):
+    import urllib.request
+
+    from gateway_harness import metric_value
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    with GatewayThread(Settings(model_repository=str(repo), auth_tokens_file=str(tokens))) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        names = [f"/vaegan.v1.LatentService/Made{i}" for i in range(50)]
+        for name in names:  # unauthenticated, then authenticated: neither grows a label
+            for metadata in (None, [("authorization", f"Bearer {TOKEN}")]):
+                call = channel.unary_unary(name)
+                assert _code(lambda c=call, m=metadata: c(b"", metadata=m, timeout=5)) in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.UNIMPLEMENTED,
+                )
+        text = urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
+        assert "Made" not in text
+        assert metric_value(
+            text, "grpc_server_handled_total", grpc_method="unknown", grpc_code="UNAUTHENTICATED"
+        ) == len(names)

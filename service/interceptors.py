@@ -1,0 +1,305 @@
+"""The gateway's server interceptors, one job each, in the order a call meets them:
+
+1. ``AuthInterceptor``: bearer tokens, before the request is parsed (health and reflection
+   stay open).
+2. ``AdmissionInterceptor``: draining (UNAVAILABLE) and the concurrency cap
+   (RESOURCE_EXHAUSTED), refused before parsing; admitted calls are counted in flight.
+3. ``StatusInterceptor``: a body that is not valid protobuf becomes INVALID_ARGUMENT, the
+   project's errors their gRPC codes, anything else a generic INTERNAL (logged with its
+   traceback, never sent), and the call's latency is recorded.
+
+Every outcome is counted in one place, ``Outcomes``, under a method label taken only from
+the service's own method names: a caller inventing method names cannot grow the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+
+import grpc
+
+from vaegan.errors import InvalidInput, VaeganError
+from vaegan.service.metrics import Metrics
+from vaegan.v1 import vaegan_pb2
+
+log = logging.getLogger("vaegan.service")
+_DESCRIPTOR = vaegan_pb2.DESCRIPTOR.services_by_name["LatentService"]
+SERVICE = _DESCRIPTOR.full_name
+METHODS = frozenset(m.name for m in _DESCRIPTOR.methods)
+PREFIX = f"/{SERVICE}/"
+
+
+def method_label(full_method: str) -> str:
+    """The method's name if the service has it, else ``unknown``."""
+    name = full_method.rsplit("/", 1)[-1]
+    return name if name in METHODS else "unknown"
+
+
+class Outcomes:
+    """grpc_server_handled_total and grpc_server_handling_seconds, with their label children
+    bound once per (method, code)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self._handled: dict[tuple[str, str], object] = {}
+
+    def count(self, method: str, code: str) -> None:
+        child = self._handled.get((method, code))
+        if child is None:
+            child = self._handled[(method, code)] = self.metrics.handled.labels(
+                SERVICE, method, code
+            )
+        child.inc()
+
+    def observe(self, method: str, seconds: float) -> None:
+        self.metrics.handling.labels(SERVICE, method).observe(seconds)
+
+
+def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, on_refuse):
+    """A handler of ``handler``'s kind that answers ``code`` without parsing the request
+    (raw bytes in) and without raising (setting the status is cheaper than an abort)."""
+
+    def refuse(context) -> None:
+        on_refuse()
+        context.set_code(code)
+        context.set_details(details)
+
+    if handler is not None and handler.unary_stream is not None:
+
+        async def refuse_stream(request, context):
+            refuse(context)
+            return
+            yield  # an async generator that sends nothing
+
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+
+    async def refuse_unary(request, context):
+        refuse(context)
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(refuse_unary)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, around, parse=None):
+    """``handler`` with its behaviour run inside ``around(request, context)``, an async
+    context manager; unary and server-streaming methods (the only kinds the service has)."""
+    deserializer = parse or handler.request_deserializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            async with around(request, context):
+                return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def stream(request, context):
+            async with around(request, context):
+                async for item in inner_stream(request, context):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens from the ``authorization`` metadata, checked before the request is
+    parsed: a caller without a valid token costs no decoding. Comparison is constant-time."""
+
+    DETAILS = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
+
+    def __init__(self, tokens: frozenset[str], outcomes: Outcomes):
+        self.tokens = tuple(t.encode() for t in tokens)
+        self.outcomes = outcomes
+
+    def _valid(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                given = value[len("Bearer ") :].encode()
+                return any(hmac.compare_digest(given, t) for t in self.tokens)
+        return False
+
+    async def intercept_service(self, continuation, details):
+        if not details.method.startswith(PREFIX) or self._valid(details.invocation_metadata):
+            return await continuation(details)
+        method = method_label(details.method)
+        # The handler's kind is not looked up for an unauthenticated caller: a unary refusal
+        # answers a streaming method just as well (status, no messages).
+        return refusal(
+            None,
+            grpc.StatusCode.UNAUTHENTICATED,
+            self.DETAILS,
+            lambda: self.outcomes.count(method, "UNAUTHENTICATED"),
+        )
+
+
+class Lifecycle:
+    """In-flight RPCs and the draining switch. Once draining, new calls are refused with a
+    retryable UNAVAILABLE by the gateway itself; gRPC's own server shutdown would cancel
+    calls that arrive while it runs."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses new calls while draining or at the concurrency cap, before the request is
+    parsed, with a handler built once: an overloaded gateway mostly refuses, and a refusal
+    then costs what grpc.aio itself costs, whatever the request's size."""
+
+    def __init__(self, lifecycle: Lifecycle, max_inflight: int, outcomes: Outcomes):
+        self.lifecycle, self.max_inflight, self.outcomes = lifecycle, max_inflight, outcomes
+        self._admitted: dict[str, grpc.RpcMethodHandler] = {}
+        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
+
+    def details(self, code: str) -> str:
+        if code == "UNAVAILABLE":
+            return "the gateway is shutting down; retry (another replica)"
+        return f"the gateway is handling {self.max_inflight} calls, its limit; retry with backoff"
+
+    def _verdict(self) -> str | None:
+        if self.lifecycle.draining:
+            return "UNAVAILABLE"
+        if self.lifecycle.inflight >= self.max_inflight:
+            return "RESOURCE_EXHAUSTED"
+        return None
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(PREFIX):
+            return handler
+        method = method_label(details.method)
+        code = self._verdict()
+        if code is not None:
+            key = (method, code)
+            if key not in self._refusals:
+                self._refusals[key] = refusal(
+                    handler,
+                    getattr(grpc.StatusCode, code),
+                    self.details(code),
+                    lambda: self.outcomes.count(method, code),
+                )
+            return self._refusals[key]
+        admitted = self._admitted.get(details.method)
+        if admitted is None:
+            admitted = self._admitted[details.method] = _wrap(handler, self._admit(method))
+        return admitted
+
+    def _admit(self, method: str):
+        @contextlib.asynccontextmanager
+        async def admitted(request, context):
+            # Checked again: calls that passed intercept_service together can overshoot.
+            code = self._verdict()
+            if code is not None:
+                self.outcomes.count(method, code)
+                await context.abort(getattr(grpc.StatusCode, code), self.details(code))
+            self.lifecycle.enter()
+            self.outcomes.metrics.inflight.inc()
+            try:
+                yield
+            finally:
+                self.lifecycle.leave()
+                self.outcomes.metrics.inflight.dec()
+
+        return admitted
+
+
+class _Malformed:
+    """What a request that is not valid protobuf parses to, so the handler can answer
+    INVALID_ARGUMENT (grpc.aio itself would answer UNKNOWN, naming a Python exception)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a parser raises
+            return _Malformed(f"the request body is not a valid {name} message ({e})")
+
+    return parse
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps what a handler raises to a gRPC status, and records the call's outcome."""
+
+    def __init__(self, outcomes: Outcomes):
+        self.outcomes = outcomes
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(PREFIX):
+            return handler
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            method = method_label(details.method)
+            wrapped = self._wrapped[details.method] = _wrap(
+                handler, self._status(method), parse=_tolerant(handler.request_deserializer)
+            )
+        return wrapped
+
+    def _status(self, method: str):
+        outcomes = self.outcomes
+
+        @contextlib.asynccontextmanager
+        async def status(request, context):
+            code = "OK"
+            start = time.perf_counter()
+            try:
+                if type(request) is _Malformed:
+                    raise InvalidInput(request.message)
+                yield
+            except VaeganError as e:
+                code = e.grpc_code
+                await context.abort(getattr(grpc.StatusCode, code), str(e))
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = context.code().name if context.code() else "UNKNOWN"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("unexpected error in %s", method)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details"
+                )
+            finally:
+                outcomes.count(method, code)
+                outcomes.observe(method, time.perf_counter() - start)
+
+        return status
