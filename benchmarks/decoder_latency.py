@@ -20,8 +20,8 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from vaegan.export.export import load_model
 from vaegan.export.onnx_graphs import export_graphs
+from vaegan.training.checkpoint import load_model
 from vaegan.training.model import to_pixels
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args()
 
-    model, state = load_model(a.checkpoint)
+    model, facts = load_model(a.checkpoint)
     session = ort.InferenceSession(export_graphs(model).decoder, providers=["CPUExecutionProvider"])
     rows = []
     for b in tqdm(a.batches, desc="batch sizes"):
@@ -73,7 +73,7 @@ def main() -> None:
     result = {
         "benchmark": "decoder_latency",
         "checkpoint": a.checkpoint,
-        "model": state["model_config"],
+        "model": facts.model_config,
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpus": torch.get_num_threads(),

@@ -26,7 +26,7 @@ import torch
 from vaegan.training.config import preset
 from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.model import VAEGAN
-from vaegan.training.train import Optimizers, train_step, wrap_networks
+from vaegan.training.step import Optimizers, train_step, wrap_networks
 
 
 def measure(

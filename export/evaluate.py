@@ -61,11 +61,12 @@ def from_checkpoint(
     import torch
 
     from vaegan import prior
-    from vaegan.export.export import load_model, training_codes
+    from vaegan.export.export import training_codes
     from vaegan.export.options import ExportOptions
+    from vaegan.training.checkpoint import load_model
     from vaegan.training.model import from_pixels, to_pixels
 
-    model, state = load_model(path)
+    model, facts = load_model(path)
     limit = ExportOptions().pca_images  # the codes export fits its prior to
     mixture = (
         prior.fit(training_codes(model, data, limit), components) if data and components else None
@@ -90,7 +91,7 @@ def from_checkpoint(
         )
 
     cfg = model.cfg
-    source = {"checkpoint": str(path), "step": int(state["step"])}
+    source = {"checkpoint": str(path), "step": facts.step}
     return Scored(encode, decode, cfg.latent_dim, cfg.image_size, source, mixture)
 
 

@@ -24,7 +24,6 @@ from vaegan.export.options import BACKENDS, ExportOptions
 from vaegan.export.tensorrt import build_plan, require_tensorrt
 from vaegan.export.writer import ModelSpec
 from vaegan.training import checkpoint as ckpt
-from vaegan.training.config import ModelConfig
 from vaegan.training.model import VAEGAN
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -66,16 +65,6 @@ def check_execution_env(path: str) -> None:
         raise VaeganError(
             f"--execution-env {path} is Python {py}; the local Triton stub is for Python {here}"
         )
-
-
-def load_model(checkpoint: str | Path) -> tuple[VAEGAN, dict[str, Any]]:
-    state = ckpt.load(checkpoint)
-    model = VAEGAN(ModelConfig.from_dict(state["model_config"]))
-    model.encoder.load_state_dict(state["encoder"])
-    # The moving-average decoder is what the run's grids and FID showed; serve that one.
-    ema = state.get("decoder_ema")
-    model.decoder.load_state_dict(ema if ema is not None else state["decoder"])
-    return model.eval(), state
 
 
 def training_codes(model: VAEGAN, data: str | Path, limit: int):
@@ -122,7 +111,7 @@ def export(
     if opts.backend == "tensorrt":
         require_tensorrt()  # fail before any work where there is no GPU
     repository = Path(repository)
-    model, state = load_model(checkpoint)
+    model, facts = ckpt.load_model(checkpoint)
     env: str | None = None  # the python backend's EXECUTION_ENV_PATH ('' = leave it out)
     if opts.backend == "python":
         env = opts.execution_env if opts.execution_env is not None else default_execution_env()
@@ -133,7 +122,7 @@ def export(
 
     t0 = time.time()
     log(
-        f"exporting {checkpoint} (step {state['step']}, latent {cfg.latent_dim}, {cfg.image_size}px) to ONNX"
+        f"exporting {checkpoint} (step {facts.step}, latent {cfg.latent_dim}, {cfg.image_size}px) to ONNX"
         + (" in fp16" if opts.fp16 else "")
     )
     graphs = export_graphs(model, fp16=opts.fp16)
@@ -161,7 +150,7 @@ def export(
             role=role,
             image_size=cfg.image_size,
             latent_dim=cfg.latent_dim,
-            crop=state["crop"],
+            crop=facts.crop,
             backend=opts.backend,
             batching=opts.batching,
             execution_env=env or None,
@@ -181,16 +170,16 @@ def export(
         facts = {
             "role": role,
             "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_step": int(state["step"]),
-            "dataset": state["dataset"].get("name"),
+            "checkpoint_step": facts.step,
+            "dataset": facts.dataset.get("name"),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "backend": opts.backend,
             "fp16": opts.fp16,
             "latent_dim": cfg.latent_dim,
             "image_size": cfg.image_size,
-            "crop": state["crop"],
-            "val_mse": (state.get("metrics") or {}).get("val_mse"),
+            "crop": facts.crop,
+            "val_mse": facts.val_mse,
             "parity": graphs.parity,
         }
         plans.append(writer.plan_model(repository, spec, files, facts))

@@ -16,9 +16,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from vaegan.cli import main
 from vaegan.errors import VaeganError
-from vaegan.export.export import export, load_model
+from vaegan.export.export import export
 from vaegan.export.options import BatchingOptions, ExportOptions
 from vaegan.export.writer import ModelSpec, config_text, model_config
+from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels
 
 TRITON_ENV = Path(sys.prefix + "-triton")

@@ -17,10 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
-from vaegan.export.export import load_model
 from vaegan.export.local_triton import LocalTriton
 from vaegan.preprocess import CropPolicy, preprocess
 from vaegan.service.settings import Settings
+from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc

@@ -153,8 +153,9 @@ def test_sweep_writes_one_row_per_image_and_one_column_per_weight(
 def test_export_with_data_stores_principal_directions_and_prior_with_the_new_version(
     tiny_checkpoint, shapes_dataset, tmp_path
 ):
-    from vaegan.export.export import export, load_model, training_codes
+    from vaegan.export.export import export, training_codes
     from vaegan.export.options import ExportOptions
+    from vaegan.training.checkpoint import load_model
 
     opts = ExportOptions(
         backend="onnxruntime", data=str(shapes_dataset), principal_directions=3, prior_components=4

@@ -8,7 +8,7 @@ import torch
 from vaegan.errors import VaeganError
 from vaegan.training.config import ModelConfig, TrainConfig
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
-from vaegan.training.train import Nets, Optimizers, train_step
+from vaegan.training.step import Nets, Optimizers, train_step
 
 
 @pytest.mark.parametrize("size, width, latent", [(64, 8, 100), (32, 4, 16), (128, 4, 8)])
@@ -160,7 +160,7 @@ def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
 
 
 def test_balancing_pauses_the_discriminator_when_it_wins():
-    from vaegan.training.train import balance
+    from vaegan.training.step import balance
 
     confident_real, confident_fake = torch.full((8,), 8.0), [torch.full((8,), -8.0)] * 2
     assert balance(confident_real, confident_fake, 0.35) == (False, True)

@@ -13,7 +13,8 @@ from vaegan.errors import VaeganError
 from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses
 from vaegan.training.config import ModelConfig, TrainConfig, apply_overrides, preset
-from vaegan.training.train import Divergence, train
+from vaegan.training.step import Divergence
+from vaegan.training.train import train
 
 TINY = TrainConfig(
     model=ModelConfig(image_size=32, width=8, latent_dim=16),
@@ -82,7 +83,7 @@ def test_checkpoint_carries_configs_crop_policy_and_dataset_facts(shapes_dataset
         "d_norm": "batch",
     }
     # the moving average travels in the checkpoint, and export takes it
-    from vaegan.export.export import load_model
+    from vaegan.training.checkpoint import load_model
 
     model, _ = load_model(tmp_path / "r" / "checkpoints" / "last.pt")
     for k, v in model.decoder.state_dict().items():

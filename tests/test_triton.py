@@ -16,10 +16,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from vaegan.errors import VaeganError
-from vaegan.export.export import export, load_model
+from vaegan.export.export import export
 from vaegan.export.local_triton import LocalTriton, shm_regions
 from vaegan.export.options import ExportOptions
 from vaegan.service.process import gateway_process
+from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels
 
 pytestmark = pytest.mark.integration

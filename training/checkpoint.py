@@ -1,15 +1,37 @@
-"""Checkpoints that carry everything needed to rebuild, resume and export a model."""
+"""The training checkpoint: its schema, and the only code that reads or writes its keys.
+
+A checkpoint is a ``torch.save``d dict (loaded with ``weights_only``) carrying everything
+needed to rebuild, resume and export a model:
+
+    format_version  FORMAT_VERSION
+    model_config    ModelConfig as a dict (rebuilds the networks)
+    train_config    TrainConfig as a dict (``--resume`` continues with it)
+    crop, dataset   the dataset's crop policy and its name, source and counts
+    step            steps done
+    encoder, decoder, discriminator   the networks' state dicts
+    decoder_ema     the moving-average decoder (None when the run keeps none): what export serves
+    opt_enc, opt_dec, opt_dis         the optimisers' state dicts
+    rng             {"torch": CPU RNG state, "cuda": [one device's state] or []}
+    fixed_z         the latent vectors of the sample grids
+    metrics         the last validation metrics
+    best_fid        the lowest FID seen (None when the run measures none)
+
+``snapshot`` writes it from a run, ``restore`` puts a run back, ``load_model`` rebuilds the
+model export and evaluation use, and ``Facts`` is what they report about it.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vaegan.errors import VaeganError
+from vaegan.training.config import ModelConfig, TrainConfig, from_dict, to_dict
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
@@ -57,3 +79,110 @@ def prune(folder: Path, keep: int) -> None:
     steps = sorted(folder.glob("step_*.pt"))
     for old in steps[: max(0, len(steps) - keep)]:
         old.unlink()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a checkpoint says about itself, for export's facts and evaluation's source."""
+
+    step: int
+    model_config: dict[str, Any]
+    crop: dict[str, Any]
+    dataset: dict[str, Any]
+    val_mse: float | None
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> Facts:
+        return cls(
+            step=int(state["step"]),
+            model_config=state["model_config"],
+            crop=state["crop"],
+            dataset=state["dataset"],
+            val_mse=(state.get("metrics") or {}).get("val_mse"),
+        )
+
+
+def snapshot(
+    *,
+    cfg: TrainConfig,
+    ds,
+    step: int,
+    model,
+    ema_decoder: torch.nn.Module | None,
+    opts,
+    fixed_z: torch.Tensor,
+    metrics: dict[str, Any],
+    best_fid: float | None,
+    cuda_device: torch.device | None,
+) -> dict[str, Any]:
+    """A run's state at ``step``, as ``save_atomic`` writes it."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": to_dict(cfg)["model"],
+        "train_config": to_dict(cfg),
+        "crop": ds.crop.to_dict(),
+        "dataset": {"name": ds.name, "source": ds.manifest.get("source"), **ds.manifest["counts"]},
+        "step": step,
+        "encoder": model.encoder.state_dict(),
+        "decoder": model.decoder.state_dict(),
+        "decoder_ema": ema_decoder.state_dict() if ema_decoder is not None else None,
+        "discriminator": model.discriminator.state_dict(),
+        "opt_enc": opts.enc.state_dict(),
+        "opt_dec": opts.dec.state_dict(),
+        "opt_dis": opts.dis.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": [torch.cuda.get_rng_state(cuda_device)] if cuda_device is not None else [],
+        },
+        "fixed_z": fixed_z.cpu(),
+        "metrics": metrics,
+        "best_fid": best_fid,
+    }
+
+
+@dataclass(frozen=True)
+class Restored:
+    fixed_z: torch.Tensor
+    step: int
+    best_fid: float | None
+    decoder_ema: dict[str, Any] | None  # the moving average's state dict, when saved
+
+
+def restore(state: dict[str, Any], model, opts, cuda: bool) -> Restored:
+    """Put the networks, optimisers and RNG back as saved; the rest comes back as values."""
+    model.encoder.load_state_dict(state["encoder"])
+    model.decoder.load_state_dict(state["decoder"])
+    model.discriminator.load_state_dict(state["discriminator"])
+    opts.enc.load_state_dict(state["opt_enc"])
+    opts.dec.load_state_dict(state["opt_dec"])
+    opts.dis.load_state_dict(state["opt_dis"])
+    torch.set_rng_state(state["rng"]["torch"])
+    cuda_rng = state["rng"].get("cuda")
+    if cuda and cuda_rng is not None and len(cuda_rng):
+        # One state: every rank draws the same global noise on its own device.
+        torch.cuda.set_rng_state(cuda_rng[0] if isinstance(cuda_rng, list) else cuda_rng)
+    return Restored(
+        state["fixed_z"], int(state["step"]), state.get("best_fid"), state.get("decoder_ema")
+    )
+
+
+def model_config(state: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_dict(state["model_config"])
+
+
+def train_config(path: str | Path) -> TrainConfig:
+    """The configuration a run was trained with (``--resume`` continues with it)."""
+    return from_dict(load(path)["train_config"])
+
+
+def load_model(path: str | Path):
+    """The model as export serves it, in eval mode: the encoder and the moving-average
+    decoder (what the run's grids and FID showed; the raw decoder when there is none)."""
+    from vaegan.training.model import VAEGAN
+
+    state = load(path)
+    model = VAEGAN(model_config(state))
+    model.encoder.load_state_dict(state["encoder"])
+    ema = state.get("decoder_ema")
+    model.decoder.load_state_dict(ema if ema is not None else state["decoder"])
+    return model.eval(), Facts.of(state)

