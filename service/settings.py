@@ -33,18 +33,17 @@ class Settings:
     max_batch_size: int = 64  # items per backend call
     max_wait_ms: float = 2.0  # how long a batch waits to fill
     # Items waiting per model; past it, RESOURCE_EXHAUSTED at once. The longest wait is about
-    # max_queue / items per second: 256 suits a GPU; on one CPU core (600-1,000 items/s here)
-    # calls of 8 items had a median of ~400 ms at 3x load, 47-102 ms with 16 (batches of 16).
+    # max_queue / items per second, so size it from the latency you promise and the node's
+    # throughput (the README's overload section has measured figures).
     max_queue: int = 256
     max_concurrent_batches: int = 2  # backend calls in flight per model
     # RPCs handled at once; past it, RESOURCE_EXHAUSTED at once. Little's law: accepted calls
-    # keep their latency only if cap / throughput stays near the latency you promise
-    # (64 at ~800 calls/s on 2 CPU cores is ~80 ms of waiting at most).
+    # keep their latency only if cap / throughput stays near the latency you promise.
     max_inflight: int = 64
     # HTTP/2 streams one client connection may have open. Past it the transport refuses the
     # stream (the caller sees UNAVAILABLE, which gRPC clients may retry transparently) before
-    # any Python runs: rejecting in the handler costs ~1 ms of CPU per call in grpc.aio, so
-    # a single flooding connection could otherwise starve the calls already accepted.
+    # any Python runs: a refusal in the handler costs a whole grpc.aio call's CPU, so a
+    # single flooding connection could otherwise starve the calls already accepted.
     max_streams_per_connection: int = 32
     max_items: int = 64  # embeddings / images / samples per request
     max_image_bytes: int = 8 * MiB
