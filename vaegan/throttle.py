@@ -1,8 +1,8 @@
 """Client-side adaptive throttling, as in Google's SRE book ("Handling Overload").
 
 A gateway refusing a call still pays for it: in grpc.aio a refused call costs about as much
-CPU as a served one (benchmarks/grpc_floor.py measures both), so callers that keep sending into an overloaded gateway
-can starve the calls it did accept. Each client therefore keeps, over the last two minutes,
+CPU as a served one (benchmarks/grpc_floor.py measures both), so callers that keep sending
+into an overloaded gateway can starve the calls it did accept. Each client therefore keeps, over the last two minutes,
 
     requests: calls the application attempted (including those refused locally)
     accepts:  calls that did not end in a sign of overload: RESOURCE_EXHAUSTED (the
