@@ -111,7 +111,7 @@ def export(
     if opts.backend == "tensorrt":
         require_tensorrt()  # fail before any work where there is no GPU
     repository = Path(repository)
-    model, facts = ckpt.load_model(checkpoint)
+    model, source = ckpt.load_model(checkpoint)
     env: str | None = None  # the python backend's EXECUTION_ENV_PATH ('' = leave it out)
     if opts.backend == "python":
         env = opts.execution_env if opts.execution_env is not None else default_execution_env()
@@ -122,7 +122,7 @@ def export(
 
     t0 = time.time()
     log(
-        f"exporting {checkpoint} (step {facts.step}, latent {cfg.latent_dim}, {cfg.image_size}px) to ONNX"
+        f"exporting {checkpoint} (step {source.step}, latent {cfg.latent_dim}, {cfg.image_size}px) to ONNX"
         + (" in fp16" if opts.fp16 else "")
     )
     graphs = export_graphs(model, fp16=opts.fp16)
@@ -150,7 +150,7 @@ def export(
             role=role,
             image_size=cfg.image_size,
             latent_dim=cfg.latent_dim,
-            crop=facts.crop,
+            crop=source.crop,
             backend=opts.backend,
             batching=opts.batching,
             execution_env=env or None,
@@ -170,16 +170,16 @@ def export(
         facts = {
             "role": role,
             "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_step": facts.step,
-            "dataset": facts.dataset.get("name"),
+            "checkpoint_step": source.step,
+            "dataset": source.dataset.get("name"),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "backend": opts.backend,
             "fp16": opts.fp16,
             "latent_dim": cfg.latent_dim,
             "image_size": cfg.image_size,
-            "crop": facts.crop,
-            "val_mse": facts.val_mse,
+            "crop": source.crop,
+            "val_mse": source.val_mse,
             "parity": graphs.parity,
         }
         plans.append(writer.plan_model(repository, spec, files, facts))

@@ -123,15 +123,21 @@ def test_decoding_a_large_image_does_not_stall_other_calls(gateway):
             c.encode([big])
             order.append("encode")
 
+        def inflight() -> float:
+            text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+            return metric_value(text, "vaegan_inflight_requests")
+
         t = threading.Thread(target=encode_big)
         t.start()
-        time.sleep(0.05)  # the decode is under way
+        wait_until(lambda: inflight() == 1, timeout=30, every=0.005)  # the Encode is admitted
         for _ in range(5):
             c.generate(count=1)
             order.append("generate")
+        still_decoding = inflight() == 1 and "encode" not in order
         t.join()
     # Had the decode held the event loop, no Generate could finish before the Encode.
     assert order.index("encode") > 0, order
+    assert still_decoding, "the Encode finished before the Generates ran: nothing was shown"
 
 
 def test_triton_absent_at_start_then_appearing(repo):
