@@ -4,7 +4,6 @@ interceptors against a real gateway that refuses calls (its concurrency cap reac
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 
 import grpc
@@ -112,7 +111,8 @@ def _refused_by_gateway(gw) -> float:
 
 @pytest.mark.integration
 def test_sync_client_stops_sending_most_calls_while_the_gateway_refuses_and_recovers(gateway):
-    throttle = AdaptiveThrottle(window_s=2.0)
+    now = [0.0]  # a clock the test moves: the window passes without real waiting
+    throttle = AdaptiveThrottle(window_s=2.0, clock=lambda: now[0])
     with LatentClient(gateway.target, timeout=10, throttle=throttle) as c:
         c.generate(count=1)
         before = _refused_by_gateway(gateway)
@@ -134,7 +134,7 @@ def test_sync_client_stops_sending_most_calls_while_the_gateway_refuses_and_reco
         assert local <= throttle.refused_locally <= local + 1  # + the streaming call
         # Only the calls that were sent cost the gateway anything: a small fraction of them.
         assert sent + throttle.refused_locally == 201 and sent < 40
-        time.sleep(2.1)  # the refusals leave the window: the client sends every call again
+        now[0] += 2.1  # the refusals leave the window: the client sends every call again
         images, _ = c.generate(count=1)
         assert images.shape[0] == 1 and throttle.probability() == 0.0
 
