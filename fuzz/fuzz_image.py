@@ -1,5 +1,5 @@
 """Fuzz the image path every Encode request takes: byte cap, format allow-list, pixel cap,
-decode, crop, resize. Anything but ``ImageRejected`` is a crash.
+decode, crop, resize. Anything but ``InvalidInput`` is a crash.
 
     python -m fuzz.fuzz_image [CORPUS_DIR] -atheris_runs=N   (libFuzzer flags work)
 """
@@ -12,13 +12,23 @@ with atheris.instrument_imports():
     from vaegan.errors import InvalidInput
     from vaegan.preprocess import CropPolicy
     from vaegan.service.codecs import decode_image
+    from vaegan.service.limits import Limits
 
 POLICY = CropPolicy("center", 0.75, 64)
+LIMITS = Limits(
+    max_items=1,
+    max_image_bytes=1 << 20,
+    max_image_pixels=4_000_000,
+    max_steps=1,
+    max_frames=1,
+    max_message_bytes=1 << 21,
+)
 
 
 def test_one(data: bytes) -> None:
     try:
-        out = decode_image(data, POLICY, "images[0]", max_bytes=1 << 20, max_pixels=4_000_000)
+        LIMITS.image_bytes(len(data), "images[0]")  # what LatentCore checks before decoding
+        out = decode_image(data, POLICY, "images[0]", LIMITS.max_image_pixels)
     except InvalidInput:
         return
     assert out.shape == (64, 64, 3) and out.dtype.name == "uint8", (out.shape, out.dtype)

@@ -18,8 +18,9 @@ with atheris.instrument_imports():
 
     from vaegan.errors import VaeganError
     from vaegan.preprocess import CropPolicy
-    from vaegan.service.backends import Backend, ModelMeta
-    from vaegan.service.gateway import Gateway
+    from vaegan.repository import ModelMeta
+    from vaegan.service.backends import Backend
+    from vaegan.service.core import LatentCore
     from vaegan.service.metrics import Metrics
     from vaegan.service.servicer import LatentServicer
     from vaegan.service.settings import Settings
@@ -69,7 +70,7 @@ settings = Settings(
 )
 metrics = Metrics("fuzz", "0")
 servicer = LatentServicer(
-    Gateway(StandInBackend({"encoder": "e", "decoder": "d"}, "", metrics), settings, metrics)
+    LatentCore(StandInBackend({"encoder": "e", "decoder": "d"}, "", metrics), settings, metrics)
 )
 loop = asyncio.new_event_loop()
 KINDS = [

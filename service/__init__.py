@@ -1,2 +1,3 @@
-"""The gRPC gateway: transport (grpc.aio server, interceptor) -> thin servicer (messages <->
-arrays) -> batcher -> backend (Triton or embedded ONNX Runtime) -> model repository."""
+"""The gRPC gateway: transport (grpc.aio server, interceptors) -> servicer (messages <->
+arrays) -> latent core (request semantics on arrays, limits) -> batcher -> backend (Triton or
+embedded ONNX Runtime) -> model repository."""

@@ -1,9 +1,9 @@
-"""Messages <-> arrays: embedding validation, image bytes in and out, latent paths."""
+"""Messages <-> arrays: embedding values, image bytes in and out. Limits are checked by the
+caller (``vaegan.service.limits``); these only convert."""
 
 from __future__ import annotations
 
 import io
-import itertools
 
 import numpy as np
 from PIL import Image
@@ -13,12 +13,8 @@ from vaegan.preprocess import CropPolicy, preprocess
 from vaegan.v1 import vaegan_pb2 as pb
 
 
-def embeddings(items, latent_dim: int, field: str, max_items: int) -> np.ndarray:
+def embeddings(items, latent_dim: int, field: str) -> np.ndarray:
     """Repeated Embedding -> float32 [n, latent]; every bad value named by its field."""
-    if not items:
-        raise InvalidInput(f"{field}: at least one embedding is required")
-    if len(items) > max_items:
-        raise InvalidInput(f"{field}: {len(items)} embeddings; at most {max_items} per request")
     out = np.empty((len(items), latent_dim), np.float32)
     for i, e in enumerate(items):
         out[i] = embedding(e, latent_dim, f"{field}[{i}]")
@@ -39,12 +35,9 @@ def to_embeddings(arr: np.ndarray) -> list[pb.Embedding]:
     return [pb.Embedding(values=row.tolist()) for row in np.asarray(arr, np.float32)]
 
 
-def decode_image(
-    data: bytes, policy: CropPolicy, field: str, max_bytes: int, max_pixels: int
-) -> np.ndarray:
-    """Encoded PNG/JPEG -> the model's uint8 input, cut exactly as in training."""
-    if len(data) > max_bytes:
-        raise InvalidInput(f"{field}: {len(data)} bytes; at most {max_bytes} per image")
+def decode_image(data: bytes, policy: CropPolicy, field: str, max_pixels: int) -> np.ndarray:
+    """Encoded PNG/JPEG -> the model's uint8 input, cut exactly as in training (images over
+    ``max_pixels`` are refused from their header, before decoding)."""
     try:
         return preprocess(bytes(data), policy, max_pixels=max_pixels)
     except ImageRejected as e:
@@ -72,30 +65,3 @@ def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Imag
             data = buf.getvalue()
         out.append(pb.Image(data=data, format=fmt, width=w, height=h))
     return out
-
-
-def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical interpolation (Shoemake 1985; White 2016 for latent spaces): constant
-    angular speed, magnitudes interpolated linearly. Near-parallel vectors, where the
-    angle is numerically meaningless, fall back to linear interpolation."""
-    t = t[:, None]
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na < 1e-8 or nb < 1e-8:
-        return (1 - t) * a + t * b
-    cos = float(np.clip(np.dot(a / na, b / nb), -1.0, 1.0))
-    omega = np.arccos(cos)
-    if np.sin(omega) < 1e-6:
-        return (1 - t) * a + t * b
-    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
-
-
-def path(keys: np.ndarray, steps: int, spherical: bool) -> np.ndarray:
-    """All frames through the keyframes: endpoints included, ``steps`` between each pair."""
-    t = np.linspace(0.0, 1.0, steps + 2)[:-1]  # each segment without its end...
-    segments = [
-        slerp(a, b, t) if spherical else (1 - t[:, None]) * a + t[:, None] * b
-        for a, b in itertools.pairwise(keys)
-    ]
-    return np.concatenate([*segments, keys[-1:]]).astype(
-        np.float32
-    )  # ...and the last keyframe once

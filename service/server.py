@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from vaegan import __version__
 from vaegan.errors import VaeganError
 from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
-from vaegan.service.gateway import Gateway
+from vaegan.service.core import LatentCore
 from vaegan.service.interceptors import (
     SERVICE,
     AdmissionInterceptor,
@@ -73,7 +73,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    gateway: Gateway
+    core: LatentCore
     servicer: LatentServicer
     metrics: Metrics
     watcher: asyncio.Task
@@ -100,8 +100,7 @@ class Running:
         await asyncio.sleep(min(0.3, grace or 0))
         await self.server.stop(0.5)
         self.watcher.cancel()
-        await self.gateway.close()
-        self.servicer.close()
+        await self.core.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
 
@@ -113,7 +112,7 @@ async def start(s: Settings) -> Running:
         await backend.start()
     except VaeganError as e:  # e.g. Triton absent: start anyway, report NOT_SERVING
         log.warning("backend not ready at start: %s", e)
-    gateway = Gateway(backend, s, metrics)
+    core = LatentCore(backend, s, metrics)
     options = [
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -133,7 +132,7 @@ async def start(s: Settings) -> Running:
         StatusInterceptor(outcomes),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    servicer = LatentServicer(gateway)
+    servicer = LatentServicer(core)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -152,7 +151,7 @@ async def start(s: Settings) -> Running:
     await _set_health(backend, health_servicer, metrics)
     watcher = asyncio.create_task(_watch_health(backend, health_servicer, metrics, s.health_poll_s))
     return Running(
-        server, port, health_servicer, gateway, servicer, metrics, watcher, metrics_http, lifecycle
+        server, port, health_servicer, core, servicer, metrics, watcher, metrics_http, lifecycle
     )
 
 
@@ -185,7 +184,7 @@ async def serve(s: Settings) -> None:
         "vaegan gateway %s on port %d (%s); settings: %s",
         __version__,
         running.port,
-        running.gateway.backend.kind,
+        running.core.backend.kind,
         s.describe(),
     )
     stop = asyncio.Event()

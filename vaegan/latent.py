@@ -9,6 +9,7 @@ training set's ``mu``s, scaled so that weight 1 is one standard deviation along 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -141,3 +142,30 @@ def lookup(directions: dict[str, Direction], name: str, latent_dim: int | None =
             "are the raw latent axes)"
         )
     return directions[name]
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (Shoemake 1985; White 2016 for latent spaces): constant
+    angular speed, magnitudes interpolated linearly. Near-parallel vectors, where the
+    angle is numerically meaningless, fall back to linear interpolation."""
+    t = t[:, None]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na < 1e-8 or nb < 1e-8:
+        return (1 - t) * a + t * b
+    cos = float(np.clip(np.dot(a / na, b / nb), -1.0, 1.0))
+    omega = np.arccos(cos)
+    if np.sin(omega) < 1e-6:
+        return (1 - t) * a + t * b
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def path(keys: np.ndarray, steps: int, spherical: bool) -> np.ndarray:
+    """All frames through the keyframes: endpoints included, ``steps`` between each pair."""
+    t = np.linspace(0.0, 1.0, steps + 2)[:-1]  # each segment without its end...
+    segments = [
+        slerp(a, b, t) if spherical else (1 - t[:, None]) * a + t[:, None] * b
+        for a, b in itertools.pairwise(keys)
+    ]
+    return np.concatenate([*segments, keys[-1:]]).astype(
+        np.float32
+    )  # ...and the last keyframe once

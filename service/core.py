@@ -1,0 +1,324 @@
+"""The latent core, between the servicer and the backend: what each request means, on arrays.
+
+Sampling the prior, encoding images (decoded off the event loop), paths through keyframes,
+edits and analogies, each checked against the limits and the served model's facts; then the
+models run through per-model batchers within the caller's deadline. Arrays in, arrays out:
+messages are the servicer's business."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vaegan import latent
+from vaegan import repository as store
+from vaegan.errors import FailedPrecondition, InvalidInput
+from vaegan.latent import Direction
+from vaegan.prior import GaussianMixture
+from vaegan.repository import ModelMeta
+from vaegan.service import codecs
+from vaegan.service.backends import Backend
+from vaegan.service.batching import Batcher, DeadlineExceeded
+from vaegan.service.limits import Limits
+from vaegan.service.metrics import Metrics
+from vaegan.service.settings import Settings
+
+# A keyframe, analogy term or edit source as the servicer hands it over: an embedding's
+# values (validated here, against the model), an image's bytes, or None (neither was set).
+Key = np.ndarray | bytes | None
+
+
+@dataclass
+class Encoded:
+    mu: np.ndarray
+    logvar: np.ndarray
+    encoder_version: str
+    z: np.ndarray | None = None  # mu + sigma * eps, when a sample was asked for
+    reconstruction_mse: np.ndarray | None = None  # per image, when asked for
+    decoder_version: str = ""
+
+
+@dataclass
+class Decoded:
+    z: np.ndarray  # [n, latent]: what was decoded
+    pixels: np.ndarray  # [n, size, size, 3] uint8
+    decoder_version: str
+    encoder_version: str = ""  # when an image was encoded on the way ("" otherwise)
+    weights: list[float] | None = None  # a sweep's weights, one per column
+
+
+class LatentCore:
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+        self.limits = Limits.from_settings(settings)
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
+        # Decoding is CPU work in C (Pillow releases the GIL): keep it off the event loop.
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        return await self.backend.meta(role, version)
+
+    def directions(self, version: str) -> dict[str, Direction]:
+        """The latent directions of a decoder version (re-read when the file changes)."""
+        found = self._latent_file(version, store.directions_path, store.load_directions)
+        return found or {}
+
+    def prior(self, version: str) -> GaussianMixture | None:
+        """The fitted prior of a decoder version, or None (re-read when the file changes)."""
+        return self._latent_file(version, store.prior_path, store.load_prior)
+
+    def _latent_file(self, version: str, where, load) -> Any:
+        root = self.settings.directions_repository or self.settings.model_repository
+        if not root:
+            return None
+        path = where(root, version)
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        key = (path.name, version)
+        cached = self._latent_files.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, load(root, version) if stamp is not None else None)
+            self._latent_files[key] = cached
+        return cached[1]
+
+    async def run(
+        self, role: str, meta: ModelMeta, array: np.ndarray, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """Inputs for ``meta``'s model version -> its outputs, batched with other callers'
+        (or alone, with batching off). The caller's remaining time is the backend timeout."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before inference")
+        if not self.settings.batching:
+            return (await self._call(role, meta, array, self._timeout(deadline)))[0]
+        key = (role, meta.version)
+        if key not in self._batchers:
+            s = self.settings
+
+            async def run_batch(batch: np.ndarray, timeout: float | None, role=role, meta=meta):
+                return await self._call(role, meta, batch, timeout or s.backend_timeout_s)
+
+            self._batchers[key] = Batcher(
+                meta.name,
+                run_batch,
+                self.metrics,
+                max_batch=s.max_batch_size,
+                max_wait_s=s.max_wait_ms / 1e3,
+                max_queue=s.max_queue,
+                max_concurrent=s.max_concurrent_batches,
+            )
+        return (await self._batchers[key].submit(array, deadline))[0]
+
+    async def _call(self, role: str, meta: ModelMeta, array: np.ndarray, timeout: float):
+        self.metrics.batch_size.labels(meta.name).observe(len(array))
+        return await self.backend.infer(role, meta.version, array, timeout)
+
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.settings.backend_timeout_s
+        return max(0.001, deadline - time.monotonic())
+
+    async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
+        await self.backend.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- request semantics --------------------------------------------------------------
+
+    async def generate(
+        self,
+        version: str,
+        deadline: float | None,
+        *,
+        embeddings: list[np.ndarray] | None = None,
+        count: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+        fitted: bool = False,
+    ) -> Decoded:
+        """Decode the given embeddings, or ``count`` draws from the prior (N(0, I), or the
+        version's fitted mixture), scaled by ``temperature``."""
+        meta = await self.meta("decoder", version)
+        if embeddings is not None:
+            self.limits.items(len(embeddings), "embeddings.items")
+            z = self.embeddings(embeddings, meta.latent_dim, "embeddings.items")
+        else:
+            self.limits.items(count, "sample.count")
+            if not (np.isfinite(temperature) and temperature > 0):
+                raise InvalidInput(f"sample.temperature: {temperature}; expected a positive number")
+            rng = np.random.default_rng(seed)
+            if fitted:
+                mixture = self.prior(meta.version)
+                if mixture is None or mixture.latent_dim != meta.latent_dim:
+                    raise FailedPrecondition(
+                        f"sample.prior: decoder version {meta.version} has no fitted prior; "
+                        "export it with 'vaegan export --data' or use PRIOR_STANDARD"
+                    )
+                z = mixture.sample(count, rng, temperature)
+            else:
+                z = (rng.standard_normal((count, meta.latent_dim)) * temperature).astype(np.float32)
+        return await self.decode(meta, z, deadline)
+
+    async def encode(
+        self,
+        images: list[bytes],
+        version: str,
+        deadline: float | None,
+        *,
+        sample_seed: int | None = None,
+        reconstruction_error: bool = False,
+    ) -> Encoded:
+        self.limits.items(len(images), "images")
+        meta = await self.meta("encoder", version)
+        x = await self.images(images, meta, "images")
+        out = await self.run("encoder", meta, x, deadline)
+        got = Encoded(out["mu"], out["logvar"], meta.version)
+        if sample_seed is not None:
+            eps = np.random.default_rng(sample_seed).standard_normal(got.mu.shape)
+            got.z = (got.mu + np.exp(0.5 * got.logvar) * eps.astype(np.float32)).astype(np.float32)
+        if reconstruction_error:
+            dmeta = await self.meta("decoder", version)
+            recon = (await self.run("decoder", dmeta, got.mu, deadline))["image"]
+            mse = ((recon.astype(np.float32) - x.astype(np.float32)) / 255.0) ** 2
+            got.reconstruction_mse = mse.reshape(len(x), -1).mean(1)
+            got.decoder_version = dmeta.version
+        return got
+
+    async def path(
+        self, keys: list[Key], steps: int, spherical: bool, version: str, deadline: float | None
+    ) -> tuple[np.ndarray, ModelMeta, str]:
+        """The frames' z [frames, latent] through the keyframes, the decoder's facts, and the
+        encoder version used for image keyframes. Nothing is decoded yet (streams chunk it)."""
+        self.limits.path(len(keys), steps)
+        dmeta = await self.meta("decoder", version)
+        vectors, encoder_version = await self.vectors(keys, dmeta, version, deadline, "keyframes")
+        return latent.path(vectors, steps, spherical), dmeta, encoder_version
+
+    async def edit(
+        self,
+        source: Key,
+        version: str,
+        deadline: float | None,
+        *,
+        weights: dict[str, float] | None = None,
+        sweep: tuple[str, float, float, int] | None = None,
+    ) -> Decoded:
+        """The source moved along named directions (``weights``), or swept along one
+        (``sweep`` = name, low, high, steps)."""
+        dmeta = await self.meta("decoder", version)
+        found = self.directions(dmeta.version)
+        if (sweep is None) == (not weights):
+            raise InvalidInput("set either weights ({direction: weight}) or sweep, not both")
+        if source is None:
+            raise InvalidInput("source: an image or an embedding is required")
+        for name, w in (weights or {}).items():
+            if not np.isfinite(w):
+                raise InvalidInput(f"weights[{name!r}]: {w} is not a finite number")
+            latent.lookup(found, name, dmeta.latent_dim)
+        z, encoder_version = await self.vectors([source], dmeta, version, deadline, "source")
+        swept: list[float] | None = None
+        if sweep is not None:
+            name, low, high, steps = sweep
+            if not 2 <= steps <= self.limits.max_items:
+                raise InvalidInput(f"sweep.steps: {steps}; expected 2..{self.limits.max_items}")
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise InvalidInput("sweep.low and sweep.high must be finite numbers")
+            swept = np.linspace(low, high, steps, dtype=np.float32).tolist()
+            z = latent.sweep(z, latent.lookup(found, name, dmeta.latent_dim), np.asarray(swept))
+        else:
+            z = latent.edit(z, found, dict(weights or {}))
+        out = await self.decode(dmeta, z, deadline)
+        out.encoder_version, out.weights = encoder_version, swept or []
+        return out
+
+    async def analogy(
+        self, terms: dict[str, list[Key]], version: str, deadline: float | None
+    ) -> Decoded:
+        """A - B + C, each term the mean of its items' codes."""
+        dmeta = await self.meta("decoder", version)
+        vectors, versions = [], set()
+        for field, items in terms.items():
+            self.limits.items(len(items), field)
+            v, used = await self.vectors(items, dmeta, version, deadline, f"{field}.items")
+            vectors.append(v)
+            versions.add(used)
+        out = await self.decode(dmeta, latent.analogy(*vectors)[None], deadline)
+        out.encoder_version = max(versions)
+        return out
+
+    async def decode(self, meta: ModelMeta, z: np.ndarray, deadline: float | None) -> Decoded:
+        """z -> pixels, one decoder call per ``max_batch_size`` rows, in parallel."""
+        step = self.settings.max_batch_size
+        parts = [
+            self.run("decoder", meta, z[i : i + step], deadline) for i in range(0, len(z), step)
+        ]
+        pixels = np.concatenate([p["image"] for p in await asyncio.gather(*parts)])
+        return Decoded(z, pixels, meta.version)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def embeddings(values: list[np.ndarray], latent_dim: int, field: str) -> np.ndarray:
+        """Embedding values -> float32 [n, latent]; every bad value named by its field."""
+        out = np.empty((len(values), latent_dim), np.float32)
+        for i, v in enumerate(values):
+            out[i] = LatentCore.embedding(v, latent_dim, f"{field}[{i}]")
+        return out
+
+    @staticmethod
+    def embedding(v: np.ndarray, latent_dim: int, field: str) -> np.ndarray:
+        if len(v) != latent_dim:
+            raise InvalidInput(
+                f"{field}.values: length {len(v)}; this model's latent size is {latent_dim}"
+            )
+        if not np.isfinite(v).all():
+            raise InvalidInput(f"{field}.values: contains NaN or Inf")
+        return v
+
+    async def images(self, blobs: list[bytes], meta: ModelMeta, field: str) -> np.ndarray:
+        """Encoded images -> the encoder's uint8 input, decoded in the decode pool."""
+        for i, data in enumerate(blobs):
+            self.limits.image_bytes(len(data), f"{field}[{i}]")
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(
+                self._decode_pool,
+                codecs.decode_image,
+                data,
+                meta.crop,
+                f"{field}[{i}]",
+                self.limits.max_image_pixels,
+            )
+            for i, data in enumerate(blobs)
+        ]
+        return np.stack(await asyncio.gather(*jobs))
+
+    async def vectors(
+        self, keys: list[Key], dmeta: ModelMeta, version: str, deadline, field: str
+    ) -> tuple[np.ndarray, str]:
+        """Keys (embeddings, or images encoded to their mu) -> [N, latent] and the encoder
+        version used ("" when no image was given)."""
+        vectors = np.zeros((len(keys), dmeta.latent_dim), np.float32)
+        image_at = []
+        for i, k in enumerate(keys):
+            if isinstance(k, np.ndarray):
+                vectors[i] = self.embedding(k, dmeta.latent_dim, f"{field}[{i}].embedding")
+            elif isinstance(k, bytes):
+                image_at.append(i)
+            else:
+                raise InvalidInput(f"{field}[{i}]: set either embedding or image")
+        if not image_at:
+            return vectors, ""
+        emeta = await self.meta("encoder", version)
+        if emeta.latent_dim != dmeta.latent_dim:
+            raise InvalidInput(
+                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
+            )
+        x = await self.images([keys[i] for i in image_at], emeta, f"{field}.image")
+        vectors[image_at] = (await self.run("encoder", emeta, x, deadline))["mu"]
+        return vectors, emeta.version
