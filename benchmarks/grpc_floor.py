@@ -24,8 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.loadtest import tree_cpu_seconds
-from vaegan.export.local_triton import free_port, pinned
+from vaegan.host import free_port, pinned, tree_cpu_seconds
 
 SERVER = """
 import asyncio, sys, grpc

@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
+from vaegan.host import tree_cpu_seconds
 from vaegan.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.service.settings import add_arguments, from_args
@@ -38,28 +39,6 @@ from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 MAX_CALLS = 200_000  # hard bound on any phase
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of a process and all its living descendants (/proc)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(c for c, parent in parents.items() if parent == pid)
-    return total
 
 
 class ServerCpu:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import grpc
 import numpy as np
 
 from vaegan.export.local_triton import LocalTriton
+from vaegan.host import open_fds, rss_mib
 from vaegan.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
@@ -26,9 +26,7 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 
 def sample(pid: int) -> tuple[float, int]:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return rss_kib / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_mib(pid), open_fds(pid)
 
 
 async def load(

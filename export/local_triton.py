@@ -5,23 +5,21 @@ and the integration tests (started on free ports, stopped by pid even when a tes
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vaegan.errors import VaeganError
+from vaegan.host import free_port, pinned
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,6 @@ def find_triton() -> TritonInstall:
         shutil.rmtree(backend_dir, ignore_errors=True)
         os.rename(tmp, backend_dir)
     return TritonInstall(binary, lib_dir, backend_dir)
-
-
-@contextlib.contextmanager
-def pinned(cpus: set[int] | None) -> Iterator[None]:
-    """Processes started inside inherit ``cpus``. Only the calling thread's affinity changes
-    (a child inherits it at fork) and it is restored after; no preexec_fn, which is unsafe
-    once a process has threads, as any process that has used gRPC has."""
-    if not cpus:
-        yield
-        return
-    mine = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, mine)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _FAILURE_MARKS = ("failed to load", "Failed to", "error: creating server", "Invalid argument")

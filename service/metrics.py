@@ -76,3 +76,16 @@ class Metrics:
             "vaegan_build_info", "Gateway build information.", ["version", "backend"], registry=r
         )
         info.labels(version=version, backend=backend).set(1)
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """Read back from exposition text (tests, benchmarks): the sum of sample ``name`` over
+    the series whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vaegan.errors import VaeganError
-from vaegan.export.local_triton import free_port, pinned
+from vaegan.host import free_port, pinned
 
 READY = health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")
 

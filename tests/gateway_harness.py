@@ -7,7 +7,7 @@ import asyncio
 import threading
 from dataclasses import replace
 
-from vaegan.export.local_triton import free_port
+from vaegan.host import free_port
 from vaegan.service.server import Running, start
 from vaegan.service.settings import Settings
 
@@ -43,18 +43,6 @@ class GatewayThread:
             self.call(self.running.stop(grace=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-def metric_value(text: str, name: str, **labels) -> float:
-    """Sum of a Prometheus sample's values over series whose labels include ``labels``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def wait_until(cond, timeout: float = 30.0, every: float = 0.1) -> None:

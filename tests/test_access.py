@@ -185,7 +185,7 @@ def test_made_up_method_names_are_counted_as_unknown_so_callers_cannot_grow_the_
 ):
     import urllib.request
 
-    from gateway_harness import metric_value
+    from vaegan.service.metrics import metric_value
 
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKEN + "\n")

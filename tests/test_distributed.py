@@ -143,7 +143,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 def _world(*args: str, n: int = 2) -> list[subprocess.Popen]:
     """``n`` ranks started by hand (no torchrun), so one of them can be given a fault."""
-    from vaegan.export.local_triton import free_port
+    from vaegan.host import free_port
 
     port = str(free_port())
     procs = []

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import encode, pattern
-from gateway_harness import GatewayThread, metric_value, serve_process, wait_until
+from gateway_harness import GatewayThread, serve_process, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
 from vaegan.export.local_triton import LocalTriton
 from vaegan.preprocess import CropPolicy, preprocess
+from vaegan.service.metrics import metric_value
 from vaegan.service.settings import Settings
 from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels

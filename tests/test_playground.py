@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from gateway_harness import GatewayThread, wait_until
 
-from vaegan.export.local_triton import free_port
+from vaegan.host import free_port
 from vaegan.service.settings import Settings
 
 BROWSER_DIR = Path(__file__).with_name("browser")

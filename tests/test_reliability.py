@@ -17,12 +17,14 @@ import grpc
 import numpy as np
 import pytest
 from conftest import encode, pattern, png_header_only
-from gateway_harness import GatewayThread, metric_value, serve_process, wait_until
+from gateway_harness import GatewayThread, serve_process, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
-from vaegan.export.local_triton import LocalTriton, free_port
+from vaegan.export.local_triton import LocalTriton
+from vaegan.host import free_port, open_fds, threads
+from vaegan.service.metrics import metric_value
 from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
@@ -303,9 +305,7 @@ def test_tritons_full_queue_rejection_becomes_resource_exhausted():
 
 def _proc_counts(pid: int) -> tuple[int, int]:
     """Open file descriptors and threads of a process (Linux /proc)."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    threads = len(os.listdir(f"/proc/{pid}/task"))
-    return fds, threads
+    return open_fds(pid), threads(pid)
 
 
 KILLED_CLIENT = """
@@ -451,15 +451,8 @@ def _inflight(gw) -> float:
 
 
 def _handled_total(gw) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = urllib.request.urlopen(gw.metrics_url).read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == "grpc_server_handled_total"
-    )
+    return metric_value(text, "grpc_server_handled_total")
 
 
 def _ok_stub(stub, req) -> bool:

@@ -8,9 +8,10 @@ import urllib.request
 
 import grpc
 import pytest
-from gateway_harness import GatewayThread, metric_value
+from gateway_harness import GatewayThread
 
 from vaegan.client import LatentClient
+from vaegan.service.metrics import metric_value
 from vaegan.service.settings import Settings
 from vaegan.throttle import REFUSED, AdaptiveThrottle, AioThrottlingInterceptor
 from vaegan.v1 import vaegan_pb2 as pb

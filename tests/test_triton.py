@@ -19,6 +19,7 @@ from vaegan.errors import VaeganError
 from vaegan.export.export import export
 from vaegan.export.local_triton import LocalTriton, shm_regions
 from vaegan.export.options import ExportOptions
+from vaegan.host import descendants
 from vaegan.service.process import gateway_process
 from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels
@@ -136,23 +137,6 @@ def _allowed_cpus(status_path: Path) -> set[int]:
     return cpus
 
 
-def _descendants(root: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(c for c, p in parents.items() if p == pid)
-    return found
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
 def test_the_python_backend_keeps_onnx_runtime_on_the_cpus_triton_was_given(served, tmp_path):
     """ONNX Runtime's default thread pool pins a worker to every core of the machine, even
@@ -163,7 +147,7 @@ def test_the_python_backend_keeps_onnx_runtime_on_the_cpus_triton_was_given(serv
     try:
         client = grpcclient.InferenceServerClient(pinned.grpc_url)
         _infer(client, "vaegan_decoder", "z", np.zeros((4, 16), np.float32), "FP32", ["image"])
-        tree = _descendants(pinned.process.pid)
+        tree = descendants(pinned.process.pid)
         assert len(tree) > 1, "the python backend's stub processes were not found"
         threads = [task for pid in tree for task in Path(f"/proc/{pid}/task").glob("*/status")]
         escaped = {t.parent.name: _allowed_cpus(t) for t in threads if _allowed_cpus(t) - one}
