@@ -97,7 +97,7 @@ def triton(a: argparse.Namespace) -> int:
 
 
 def playground(a: argparse.Namespace) -> int:
-    from vaegan.service.playground import run
+    from vaegan.playground import run
 
     run(a.target, a.host, a.port, token=a.token or os.environ.get("VAEGAN_TOKEN"))
     return 0
