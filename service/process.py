@@ -3,6 +3,7 @@ what `make demo`, the benchmarks, the load test and the soak all need."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -42,6 +43,44 @@ class GatewayProcess:
     metrics_url: str | None
 
 
+def spawn(
+    settings: dict[str, str],
+    *extra_args: str,
+    by_env: bool = False,
+    metrics: bool = True,
+    output: str = "quiet",
+    cpus: set[int] | None = None,
+) -> GatewayProcess:
+    """Start `vaegan serve` with ``settings`` (field -> value, as `vaegan serve` names them)
+    on free loopback ports, given as flags or, with ``by_env``, as VAEGAN_* environment
+    variables (the 12-factor path). ``output``: "quiet", "capture" (readable from
+    ``process.stdout``) or "inherit". The caller stops it; ``gateway_process`` does.
+
+    It runs in its own session, as LocalTriton does, so each is its own scheduling group
+    (Linux autogroups), as separate containers would be. Left in the caller's session, a
+    load generator busy on other cores shares its group: a gateway saturated by a refusal
+    storm then took all of the core it shared with Triton, and Triton, runnable, got no CPU
+    (/proc/<tid>/sched), until its python backend called its stub dead and Triton aborted."""
+    port, metrics_port = free_port(), (free_port() if metrics else 0)
+    given = {"host": "127.0.0.1", "port": str(port), "metrics_port": str(metrics_port), **settings}
+    cmd = [sys.executable, "-m", "vaegan.cli", "serve"]
+    env = None
+    if by_env:
+        env = dict(os.environ, **{f"VAEGAN_{k.upper()}": v for k, v in given.items()})
+    else:
+        cmd += [a for k, v in given.items() for a in ("--" + k.replace("_", "-"), v)]
+    streams = {
+        "quiet": dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        "capture": dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        "inherit": {},
+    }[output]
+    with pinned(cpus):
+        proc = subprocess.Popen([*cmd, *extra_args], env=env, start_new_session=True, **streams)
+    return GatewayProcess(
+        proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None
+    )
+
+
 @contextmanager
 def gateway_process(
     triton_url: str,
@@ -50,44 +89,19 @@ def gateway_process(
     quiet: bool = True,
     cpus: set[int] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """`vaegan serve --triton-url ...` on free loopback ports, on ``cpus`` if given; SIGTERM
-    and wait on exit.
-
-    It runs in its own session, as LocalTriton does, so each is its own scheduling group
-    (Linux autogroups), as separate containers would be. Left in the caller's session, a
-    load generator busy on other cores shares its group: a gateway saturated by a refusal
-    storm then took all of the core it shared with Triton, and Triton, runnable, got 0 ms
-    of CPU in 2 s here (/proc/<tid>/sched), until its python backend called its stub dead
-    and Triton aborted."""
-    port, metrics_port = free_port(), (free_port() if metrics else 0)
-    out = subprocess.DEVNULL if quiet else None
-    with pinned(cpus):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vaegan.cli",
-                "serve",
-                "--triton-url",
-                triton_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                str(metrics_port),
-                *extra_args,
-            ],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    target = f"127.0.0.1:{port}"
+    """`vaegan serve --triton-url ...` (``spawn``), ready when yielded; SIGTERM and wait on
+    exit."""
+    gw = spawn(
+        {"triton_url": triton_url},
+        *extra_args,
+        metrics=metrics,
+        output="quiet" if quiet else "inherit",
+        cpus=cpus,
+    )
+    proc, target = gw.process, gw.target
     try:
         wait_ready(target)
-        yield GatewayProcess(
-            proc, target, f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None
-        )
+        yield gw
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

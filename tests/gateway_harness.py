@@ -61,25 +61,12 @@ def serve_process(repo, *, metrics: bool = True, grace_s: float = 10.0, capture:
     """A real `vaegan serve` child process on the embedded backend, configured only through
     VAEGAN_* environment variables (the 12-factor path), on free loopback ports.
     Returns (process, target, metrics URL or None); ``capture`` keeps its output readable."""
-    import os
-    import subprocess
-    import sys
+    from vaegan.service.process import spawn
 
-    port, metrics_port = free_port(), (free_port() if metrics else 0)
-    env = dict(
-        os.environ,
-        VAEGAN_MODEL_REPOSITORY=str(repo),
-        VAEGAN_PORT=str(port),
-        VAEGAN_HOST="127.0.0.1",
-        VAEGAN_METRICS_PORT=str(metrics_port),
-        VAEGAN_GRACE_S=str(grace_s),
+    gw = spawn(
+        {"model_repository": str(repo), "grace_s": str(grace_s)},
+        by_env=True,
+        metrics=metrics,
+        output="capture" if capture else "quiet",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vaegan.cli", "serve"],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
-    )
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None
-    return proc, f"127.0.0.1:{port}", metrics_url
+    return gw.process, gw.target, gw.metrics_url
