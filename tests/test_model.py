@@ -146,13 +146,13 @@ def test_each_optimiser_updates_only_its_own_network(frozen):
 def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
     cfg, model, nets, opts, x = _step_setup()
     at_d_step: list[torch.Tensor] = []
-    d_step = opts.dis.step
+    d_step = opts.discriminator.step
 
     def recording_step(*a, **kw):
         at_d_step.extend(p.grad.clone() for p in model.discriminator.parameters())
         return d_step(*a, **kw)
 
-    opts.dis.step = recording_step
+    opts.discriminator.step = recording_step
     train_step(nets, opts, x, cfg)
     assert at_d_step, "the discriminator never stepped"
     after = [p.grad for p in model.discriminator.parameters()]

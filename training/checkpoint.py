@@ -127,9 +127,9 @@ def snapshot(
         "decoder": model.decoder.state_dict(),
         "decoder_ema": ema_decoder.state_dict() if ema_decoder is not None else None,
         "discriminator": model.discriminator.state_dict(),
-        "opt_enc": opts.enc.state_dict(),
-        "opt_dec": opts.dec.state_dict(),
-        "opt_dis": opts.dis.state_dict(),
+        "opt_enc": opts.encoder.state_dict(),
+        "opt_dec": opts.decoder.state_dict(),
+        "opt_dis": opts.discriminator.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": [torch.cuda.get_rng_state(cuda_device)] if cuda_device is not None else [],
@@ -153,9 +153,9 @@ def restore(state: dict[str, Any], model, opts, cuda: bool) -> Restored:
     model.encoder.load_state_dict(state["encoder"])
     model.decoder.load_state_dict(state["decoder"])
     model.discriminator.load_state_dict(state["discriminator"])
-    opts.enc.load_state_dict(state["opt_enc"])
-    opts.dec.load_state_dict(state["opt_dec"])
-    opts.dis.load_state_dict(state["opt_dis"])
+    opts.encoder.load_state_dict(state["opt_enc"])
+    opts.decoder.load_state_dict(state["opt_dec"])
+    opts.discriminator.load_state_dict(state["opt_dis"])
     torch.set_rng_state(state["rng"]["torch"])
     cuda_rng = state["rng"].get("cuda")
     if cuda and cuda_rng is not None and len(cuda_rng):

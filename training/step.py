@@ -59,18 +59,18 @@ def balance(
 
 class Nets(NamedTuple):
     model: VAEGAN
-    E: torch.nn.Module  # possibly DDP and torch.compile wrappers of model.encoder, ...
-    G: torch.nn.Module
-    D: torch.nn.Module
+    encoder: torch.nn.Module  # possibly DDP and torch.compile wrappers of model.encoder, ...
+    decoder: torch.nn.Module
+    discriminator: torch.nn.Module
     # D without DDP, for the encoder/decoder phase: D's parameters get no gradient there,
     # and a DDP forward would wait for a gradient reduction that never comes.
-    D_local: torch.nn.Module | None = None
+    discriminator_local: torch.nn.Module | None = None
 
 
 class Optimizers(NamedTuple):
-    enc: torch.optim.Optimizer
-    dec: torch.optim.Optimizer
-    dis: torch.optim.Optimizer
+    encoder: torch.optim.Optimizer
+    decoder: torch.optim.Optimizer
+    discriminator: torch.optim.Optimizer
 
 
 class EMA:
@@ -104,7 +104,7 @@ def train_step(
     """One VAE-GAN step on a batch ``x`` in [-1, 1] (this rank's share); returns every loss."""
     autocast = autocast or nullcontext()
     model = nets.model
-    D_local = nets.D if nets.D_local is None else nets.D_local
+    local_d = nets.discriminator if nets.discriminator_local is None else nets.discriminator_local
     # Noise and augmentations are drawn for the global batch and sliced, so N ranks see
     # exactly what one rank would (on one rank: randn_like(mu), then the prior's randn).
     n, share = x.shape[0] * dist.world_size, dist.shard(x.shape[0] * dist.world_size)
@@ -114,18 +114,21 @@ def train_step(
         return diff_augment(t, policy, n, share) if policy else t
 
     with autocast:  # encode, reconstruct, and sample the prior
-        mu, logvar = nets.E(x)
+        mu, logvar = nets.encoder(x)
 
         def noise(dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(n, mu.shape[1], device=mu.device, dtype=dtype)[share]
 
-        x_rec = nets.G(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
-        x_p = nets.G(noise(torch.float32))
+        x_rec = nets.decoder(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
+        x_p = nets.decoder(noise(torch.float32))
 
     # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
     with autocast:
-        real_logit, _ = nets.D(aug(x))
-        fake_logits = [nets.D(aug(x_rec.detach()))[0].float(), nets.D(aug(x_p.detach()))[0].float()]
+        real_logit, _ = nets.discriminator(aug(x))
+        fake_logits = [
+            nets.discriminator(aug(x_rec.detach()))[0].float(),
+            nets.discriminator(aug(x_p.detach()))[0].float(),
+        ]
         if cfg.gan_loss == "hinge":
             loss_d = L.hinge_d(real_logit.float(), fake_logits)
         else:
@@ -135,19 +138,19 @@ def train_step(
     # Under DDP the backward runs even when D pauses: its forward already armed the gradient
     # reduction, which every rank must complete.
     if train_dis or dist.enabled:
-        opts.dis.zero_grad(set_to_none=True)
+        opts.discriminator.zero_grad(set_to_none=True)
         loss_d.backward()
     if train_dis:
-        opts.dis.step()
+        opts.discriminator.step()
 
     # --- encoder/decoder phase against the updated D ---
     with autocast:
         # The learned similarity compares x and its reconstruction under the same transform:
         # the generator state is rewound so both draw identical augmentation parameters.
         with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices(x)):
-            _, f_real = D_local(aug(x))
-        rec_logit, f_rec = D_local(aug(x_rec))
-        p_logit, _ = D_local(aug(x_p))
+            _, f_real = local_d(aug(x))
+        rec_logit, f_rec = local_d(aug(x_rec))
+        p_logit, _ = local_d(aug(x_p))
         kl = L.kl_prior(mu.float(), logvar.float())
         llike = L.llike_features(f_rec.float(), f_real.float())
         pixel = (
@@ -162,13 +165,13 @@ def train_step(
             loss_g = loss_g + gan_g
     losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
     _check_finite(step, losses._asdict(), last_path, dist)
-    opts.enc.zero_grad(set_to_none=True)
-    opts.dec.zero_grad(set_to_none=True)
+    opts.encoder.zero_grad(set_to_none=True)
+    opts.decoder.zero_grad(set_to_none=True)
     # Each loss reaches only its own network: L_GAN never flows into the encoder.
     loss_e.backward(inputs=list(model.encoder.parameters()), retain_graph=True)
     loss_g.backward(inputs=list(model.decoder.parameters()))
-    opts.enc.step()
-    opts.dec.step()
+    opts.encoder.step()
+    opts.decoder.step()
     return losses
 
 
@@ -183,18 +186,18 @@ def wrap_networks(
 ) -> Nets:
     """The networks as the step calls them: DDP around each (gradients averaged over ranks
     during backward), torch.compile around that when asked."""
-    E, G, D = model.encoder, model.decoder, model.discriminator
+    networks = (model.encoder, model.decoder, model.discriminator)
     if not dist.enabled:
-        E, G, D = (torch.compile(m) for m in (E, G, D)) if compile else (E, G, D)
-        return Nets(model, E, G, D)
+        return Nets(model, *((torch.compile(m) for m in networks) if compile else networks))
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    wrapped = [DDP(m, device_ids=ids, forward_sync_buffers=broadcast_buffers) for m in (E, G, D)]
+    wrapped = [DDP(m, device_ids=ids, forward_sync_buffers=broadcast_buffers) for m in networks]
+    local = model.discriminator
     if compile:
         wrapped = [torch.compile(m) for m in wrapped]
-        D = torch.compile(D)
-    return Nets(model, *wrapped, D_local=D)
+        local = torch.compile(local)
+    return Nets(model, *wrapped, discriminator_local=local)
 
 
 def _rng_devices(x: torch.Tensor) -> list:
