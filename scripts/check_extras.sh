@@ -27,7 +27,7 @@ venv_with() {  # NAME SPEC: a fresh venv with only SPEC installed (a copy of the
   echo "== $name: pip install '$spec' into a fresh venv"
   rm -rf "$work/$name" "$work/src-$name"
   mkdir -p "$work/src-$name"
-  cp -r pyproject.toml README.md vaegan training export service "$work/src-$name/"
+  cp -r pyproject.toml README.md vaegan "$work/src-$name/"
   "$py" -m venv "$work/$name"
   "$work/$name/bin/pip" install -q --upgrade pip
   (cd "$work/src-$name" && "$work/$name/bin/pip" install -q --no-cache-dir "$spec")

@@ -7,9 +7,6 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY vaegan ./vaegan
-COPY training ./training
-COPY export ./export
-COPY service ./service
 RUN pip install --no-cache-dir --prefix=/install '.[serving]'
 
 FROM ${PYTHON_IMAGE}

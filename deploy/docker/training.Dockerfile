@@ -10,9 +10,6 @@ ARG EXTRA=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY vaegan ./vaegan
-COPY training ./training
-COPY export ./export
-COPY service ./service
 RUN pip install --no-cache-dir '.[training]' ${EXTRA} && rm -rf /src
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin vaegan
 USER 10001:10001

@@ -30,7 +30,7 @@ def _f(default: Any, help: str) -> Any:
 
 
 UPSAMPLES = ("resize", "transpose")
-DIFFAUGMENT = ("color", "translation", "cutout")  # transforms of training/augment.py
+DIFFAUGMENT = ("color", "translation", "cutout")  # transforms of vaegan/training/augment.py
 D_NORMS = ("batch", "spectral")
 # What checkpoints written before a field existed were trained with.
 _MODEL_LEGACY = {"upsample": "transpose", "d_norm": "batch"}
