@@ -204,3 +204,25 @@ def test_made_up_method_names_are_counted_as_unknown_so_callers_cannot_grow_the_
         assert metric_value(
             text, "grpc_server_handled_total", grpc_method="unknown", grpc_code="UNAUTHENTICATED"
         ) == len(names)
+
+
+def test_the_metrics_endpoint_binds_the_gateways_host_unless_told_otherwise(repo):
+    import socket
+    import urllib.request
+
+    with GatewayThread(Settings(model_repository=str(repo))) as gw:  # the harness: 127.0.0.1
+        assert gw.running.metrics_http.server_address[0] == "127.0.0.1"
+        assert urllib.request.urlopen(gw.metrics_url, timeout=5).status == 200
+        outside = [
+            a[4][0]
+            for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+            if not a[4][0].startswith("127.")
+        ]
+        for address in outside:  # another interface of this machine, if it has one
+            with (
+                pytest.raises(OSError),
+                socket.create_connection((address, gw.settings.metrics_port), timeout=2),
+            ):
+                pass
+    with GatewayThread(Settings(model_repository=str(repo), metrics_host="0.0.0.0")) as gw:
+        assert gw.running.metrics_http.server_address[0] == "0.0.0.0"

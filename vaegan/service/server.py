@@ -44,6 +44,20 @@ def make_backend(s: Settings, metrics: Metrics) -> Backend:
     )
 
 
+def _metrics_endpoint(s: Settings, metrics: Metrics):
+    """The /metrics HTTP server on --metrics-host (default: --host, in gRPC's form "[::]"
+    or an address). "::" on a host without IPv6 falls back to every IPv4 interface, as
+    gRPC itself does for "[::]"."""
+    host = s.metrics_host or s.host
+    addr = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return start_http_server(s.metrics_port, addr=addr, registry=metrics.registry)[0]
+    except OSError:
+        if addr != "::":
+            raise
+        return start_http_server(s.metrics_port, addr="0.0.0.0", registry=metrics.registry)[0]
+
+
 def _listen(server: grpc.aio.Server, s: Settings) -> int:
     address = f"{s.host}:{s.port}"
     if not (s.tls_cert or s.tls_key):
@@ -143,9 +157,7 @@ async def start(s: Settings) -> Running:
     port = _listen(server, s)
     if port == 0:
         raise VaeganError(f"cannot listen on {s.host}:{s.port}")
-    metrics_http = (
-        start_http_server(s.metrics_port, registry=metrics.registry)[0] if s.metrics_port else None
-    )
+    metrics_http = _metrics_endpoint(s, metrics) if s.metrics_port else None
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await _set_health(backend, health_servicer, metrics)

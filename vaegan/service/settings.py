@@ -22,6 +22,9 @@ class Settings:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int = 9090  # 0 = no metrics endpoint
+    # Address the metrics endpoint binds; unset = --host, so a gateway bound to loopback
+    # does not expose its metrics on every interface.
+    metrics_host: str | None = None
     encoder_model: str = api.ENCODER_MODEL
     decoder_model: str = api.DECODER_MODEL
     model_version: str = ""  # pin a version; "" = the newest the backend serves
@@ -92,6 +95,7 @@ class Settings:
 HELP = {
     "model_repository": "serve this model repository with the embedded ONNX Runtime backend",
     "triton_url": "serve through Triton at HOST:PORT (gRPC) instead",
+    "metrics_host": "address of the metrics endpoint (unset: the same as --host)",
     "model_version": "pin a model version (default: the newest ready)",
     "batching": "coalesce concurrent requests (true/false)",
     "auth_tokens": "comma-separated bearer tokens (prefer VAEGAN_AUTH_TOKENS or --auth-tokens-file: flags show in ps)",
