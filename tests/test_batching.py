@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from vaegan.errors import ResourceExhausted
+from vaegan.errors import InvalidInput, ResourceExhausted
 from vaegan.service.batching import Batcher, DeadlineExceeded
 from vaegan.service.metrics import Metrics
 
@@ -89,6 +89,42 @@ def test_items_arriving_together_share_one_backend_call():
         results = await asyncio.gather(blocker, *waiting)
         assert [float(r[0]["out"][0, 0]) for r in results[1:]] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
         assert [len(batch) for batch in backend.batches] == [1, 6]  # the six in one call
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+class PickyBackend:
+    """Refuses, as invalid, any batch holding a NaN (as a backend refuses a bad tensor)."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    async def __call__(self, batch, timeout):
+        self.calls.append(len(batch))
+        if np.isnan(batch).any():
+            raise InvalidInput("the batch holds a NaN")
+        return {"out": batch * 2}, "1"
+
+
+def test_a_batch_refused_as_invalid_fails_only_the_request_that_carries_the_bad_input():
+    async def scenario():
+        backend = PickyBackend()
+        b = _batcher(backend, max_queue=100, max_wait_s=0.05)
+        blocker = asyncio.create_task(b.submit(np.zeros((1, 1)), None))
+        await asyncio.sleep(0.01)
+        good = [asyncio.create_task(b.submit(np.full((1, 1), float(i)), None)) for i in (1, 2)]
+        bad = asyncio.create_task(b.submit(np.full((1, 1), np.nan), None))
+        more = asyncio.create_task(b.submit(np.full((1, 1), 3.0), None))
+        await blocker
+        assert [float(r[0]["out"][0, 0]) for r in await asyncio.gather(*good, more)] == [
+            2.0,
+            4.0,
+            6.0,
+        ]
+        with pytest.raises(InvalidInput, match="NaN"):
+            await bad
+        assert backend.calls[1] == 4  # the four shared one call first, then were split
         await b.close()
 
     asyncio.run(scenario())

@@ -189,6 +189,11 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "temperature",
     ),
+    "temperature_that_would_overflow": (  # 3e38 x N(0, 1) draws are Inf in float32
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=4, temperature=3e38))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expected 0 < temperature <= 10",
+    ),
     "no_fitted_prior": (  # the tiny model was exported without --data
         lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, prior=pb.PRIOR_FITTED))),
         grpc.StatusCode.FAILED_PRECONDITION,

@@ -134,7 +134,33 @@ BAD = {
     "nan_weight": (
         lambda s: s.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"pc1": float("nan")})),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "not a finite number",
+        "expected a number in -100..100",
+    ),
+    "weight_that_would_overflow": (  # 1e38 x scale is Inf in float32
+        lambda s: s.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"dim0": 1e38})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "weights['dim0']: 1e+38; expected a number in -100..100",
+    ),
+    "sweep_that_would_overflow": (
+        lambda s: s.Edit(
+            pb.EditRequest(
+                source=_emb(np.zeros(16)),
+                sweep=pb.Sweep(name="dim0", low=-3e38, high=3e38, steps=3),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expected numbers in -100..100",
+    ),
+    "analogy_that_overflows": (  # every input finite, A - B + C is not
+        lambda s: s.Analogy(
+            pb.AnalogyRequest(
+                a=pb.Term(items=[_emb(np.full(16, 3e38))]),
+                b=pb.Term(items=[_emb(np.full(16, -3e38))]),
+                c=pb.Term(items=[_emb(np.zeros(16))]),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "are not finite",
     ),
     "no_source": (
         lambda s: s.Edit(pb.EditRequest(weights={"pc1": 1})),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vaegan.errors import ResourceExhausted, VaeganError
+from vaegan.errors import InvalidInput, ResourceExhausted, VaeganError
 from vaegan.service.metrics import Metrics
 
 RunFn = Callable[[np.ndarray, float | None], Awaitable[tuple[dict[str, np.ndarray], str]]]
@@ -122,26 +122,45 @@ class Batcher:
             now = time.monotonic()
             for item in batch:
                 self.metrics.queue_wait.labels(self.model).observe(now - item.enqueued)
-            deadlines = [i.deadline for i in batch if i.deadline is not None]
-            timeout = max(0.001, max(deadlines) - now) if len(deadlines) == len(batch) else None
-            arrays = [i.array for i in batch]
-            try:
-                outputs, version = await self.run(np.concatenate(arrays), timeout)
-            except Exception as e:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                return
-            offsets = np.cumsum([0] + [len(a) for a in arrays])
-            for k, item in enumerate(batch):
-                if not item.future.done():
-                    lo, hi = offsets[k], offsets[k + 1]
-                    item.future.set_result(({n: o[lo:hi] for n, o in outputs.items()}, version))
+            await self._settle(batch)
         finally:
             self._slots.release()
+
+    async def _settle(self, batch: list[_Item]) -> None:
+        """One backend call for ``batch``. If the backend refuses it as invalid and it holds
+        several callers' items, each half is tried again on its own: only the request that
+        carries the bad input fails, not the callers who happened to share its batch."""
+        deadlines = [i.deadline for i in batch if i.deadline is not None]
+        now = time.monotonic()
+        timeout = max(0.001, max(deadlines) - now) if len(deadlines) == len(batch) else None
+        arrays = [i.array for i in batch]
+        try:
+            outputs, version = await self.run(np.concatenate(arrays), timeout)
+        except InvalidInput as e:
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                await self._settle(batch[:mid])
+                await self._settle(batch[mid:])
+                return
+            _fail(batch, e)
+            return
+        except Exception as e:
+            _fail(batch, e)
+            return
+        offsets = np.cumsum([0] + [len(a) for a in arrays])
+        for k, item in enumerate(batch):
+            if not item.future.done():
+                lo, hi = offsets[k], offsets[k + 1]
+                item.future.set_result(({n: o[lo:hi] for n, o in outputs.items()}, version))
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
         for t in list(self._inflight):
             t.cancel()
+
+
+def _fail(batch: list[_Item], e: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(e)

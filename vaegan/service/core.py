@@ -28,6 +28,11 @@ from vaegan.service.limits import Limits
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
 
+# Bounds of what callers may ask for (documented in the proto): beyond them the answer is
+# meaningless, and large enough values overflow float32 into Inf embeddings.
+MAX_TEMPERATURE = 10.0
+MAX_WEIGHT = 100.0
+
 # A keyframe, analogy term or edit source as the servicer hands it over: an embedding's
 # values (validated here, against the model), an image's bytes, or None (neither was set).
 Key = np.ndarray | bytes | None
@@ -149,8 +154,10 @@ class LatentCore:
             z = self.embeddings(embeddings, meta.latent_dim, "embeddings.items")
         else:
             self.limits.items(count, "sample.count")
-            if not (np.isfinite(temperature) and temperature > 0):
-                raise InvalidInput(f"sample.temperature: {temperature}; expected a positive number")
+            if not (np.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+                raise InvalidInput(
+                    f"sample.temperature: {temperature:g}; expected 0 < temperature <= {MAX_TEMPERATURE:g}"
+                )
             rng = np.random.default_rng(seed)
             if fitted:
                 mixture = self.prior(meta.version)
@@ -217,8 +224,10 @@ class LatentCore:
         if source is None:
             raise InvalidInput("source: an image or an embedding is required")
         for name, w in (weights or {}).items():
-            if not np.isfinite(w):
-                raise InvalidInput(f"weights[{name!r}]: {w} is not a finite number")
+            if not (np.isfinite(w) and abs(w) <= MAX_WEIGHT):
+                raise InvalidInput(
+                    f"weights[{name!r}]: {w:g}; expected a number in -{MAX_WEIGHT:g}..{MAX_WEIGHT:g}"
+                )
             latent.lookup(found, name, dmeta.latent_dim)
         z, encoder_version = await self.vectors([source], dmeta, version, deadline, "source")
         swept: list[float] | None = None
@@ -226,8 +235,11 @@ class LatentCore:
             name, low, high, steps = sweep
             if not 2 <= steps <= self.limits.max_items:
                 raise InvalidInput(f"sweep.steps: {steps}; expected 2..{self.limits.max_items}")
-            if not (np.isfinite(low) and np.isfinite(high)):
-                raise InvalidInput("sweep.low and sweep.high must be finite numbers")
+            if not all(np.isfinite(w) and abs(w) <= MAX_WEIGHT for w in (low, high)):
+                raise InvalidInput(
+                    f"sweep.low {low:g}, sweep.high {high:g}: expected numbers in "
+                    f"-{MAX_WEIGHT:g}..{MAX_WEIGHT:g}"
+                )
             swept = np.linspace(low, high, steps, dtype=np.float32).tolist()
             z = latent.sweep(z, latent.lookup(found, name, dmeta.latent_dim), np.asarray(swept))
         else:
@@ -252,7 +264,14 @@ class LatentCore:
         return out
 
     async def decode(self, meta: ModelMeta, z: np.ndarray, deadline: float | None) -> Decoded:
-        """z -> pixels, one decoder call per ``max_batch_size`` rows, in parallel."""
+        """z -> pixels, one decoder call per ``max_batch_size`` rows, in parallel. Every
+        vector is checked here, derived or given: a NaN or Inf must fail its own request,
+        never the batch it would share with other callers'."""
+        if not np.isfinite(z).all():
+            raise InvalidInput(
+                "the embeddings this request derives are not finite (an overflow of its "
+                "temperature, weights or inputs); use smaller values"
+            )
         step = self.settings.max_batch_size
         parts = [
             self.run("decoder", meta, z[i : i + step], deadline) for i in range(0, len(z), step)
