@@ -162,7 +162,7 @@ def test_bearer_token_is_required_before_any_decoding_and_health_stays_open(repo
 def test_tokens_from_the_environment_are_never_shown_in_the_start_up_line():
     s = Settings(model_repository="x", auth_tokens="abc,def")
     assert s.tokens() == frozenset({"abc", "def"})
-    assert "abc" not in s.describe() and "auth_tokens=<set>" in s.describe()
+    assert "abc" not in s.describe() and "auth=2 tokens" in s.describe()
 
 
 def test_reflection_can_be_turned_off(repo):
@@ -226,3 +226,30 @@ def test_the_metrics_endpoint_binds_the_gateways_host_unless_told_otherwise(repo
                 pass
     with GatewayThread(Settings(model_repository=str(repo), metrics_host="0.0.0.0")) as gw:
         assert gw.running.metrics_http.server_address[0] == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"auth_tokens": " , "}, {"auth_tokens": ""}, {"auth_tokens_file": "comments"}],
+    ids=["separators-only", "empty", "file-of-comments"],
+)
+def test_a_token_source_without_a_token_stops_the_gateway_instead_of_serving_open(
+    repo, tmp_path, source
+):
+    from vaegan.errors import VaeganError
+    from vaegan.service.process import spawn
+
+    if "auth_tokens_file" in source:
+        (tmp_path / "tokens").write_text("# the tokens\n   # rotated monthly\n\n")
+        source = {"auth_tokens_file": str(tmp_path / "tokens")}
+    with pytest.raises(VaeganError, match="holds no token"):
+        Settings(model_repository=str(repo), **source).tokens()
+    gw = spawn({"model_repository": str(repo), **source}, by_env=True, output="capture")
+    out, _ = gw.process.communicate(timeout=60)  # the 12-factor path: VAEGAN_* variables
+    assert gw.process.returncode == 2 and "holds no token" in out, out
+    assert "Traceback" not in out
+
+
+def test_the_start_up_line_says_how_many_tokens_or_that_auth_is_off(repo):
+    assert "auth=off" in Settings(model_repository=str(repo)).describe()
+    assert "auth=1 token " in Settings(model_repository=str(repo), auth_tokens="t").describe() + " "

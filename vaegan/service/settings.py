@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vaegan import interface as api
+from vaegan.errors import VaeganError
 from vaegan.flags import parse_bool
 from vaegan.preprocess import DEFAULT_MAX_PIXELS
 
@@ -74,21 +75,38 @@ class Settings:
     )
 
     def describe(self) -> str:
-        """One line for the start-up log; secrets are shown only as set/unset."""
+        """One line for the start-up log: tokens are never shown, only how many there are
+        (reading them here also makes a token source without a token fail at start)."""
         shown = {
-            k: ("<set>" if v else "<unset>") if k == "auth_tokens" else v
+            k: ("<set>" if v is not None else "<unset>") if k == "auth_tokens" else v
             for k, v in asdict(self).items()
         }
+        n = len(self.tokens())
+        shown["auth"] = f"{n} token{'s' if n != 1 else ''}" if n else "off"
         return " ".join(f"{k}={v}" for k, v in shown.items())
 
     def tokens(self) -> frozenset[str]:
+        """The bearer tokens; empty only when no token source is set. A source that is set
+        but yields no token is an error: serving without auth must never happen by accident."""
         found: set[str] = set()
-        if self.auth_tokens:
+        if self.auth_tokens is not None:
             found |= {t.strip() for t in self.auth_tokens.split(",")}
         if self.auth_tokens_file:
-            with open(self.auth_tokens_file) as f:
-                found |= {line.strip() for line in f if line.strip() and not line.startswith("#")}
+            try:
+                with open(self.auth_tokens_file) as f:
+                    lines = [line.strip() for line in f]
+            except OSError as e:
+                raise VaeganError(
+                    f"--auth-tokens-file {self.auth_tokens_file}: {e.strerror or e}"
+                ) from None
+            found |= {line for line in lines if not line.startswith("#")}
         found.discard("")
+        if not found and (self.auth_tokens is not None or self.auth_tokens_file):
+            raise VaeganError(
+                "the auth token source is set but holds no token (--auth-tokens / "
+                "VAEGAN_AUTH_TOKENS, --auth-tokens-file: one token per line, # comments); "
+                "give at least one token, or unset it to serve without auth"
+            )
         return frozenset(found)
 
 
