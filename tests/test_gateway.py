@@ -261,6 +261,16 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "keyframes[1].embedding",
     ),
+    "non_canonical_version": (  # "01" is not read as version 1
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1), model_version="01")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model_version: '01' is not a version number",
+    ),
+    "version_that_is_a_path": (  # never part of a file path, never a file's content echoed
+        lambda s: s.ListAttributes(pb.ListAttributesRequest(model_version="1/../../../x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "is not a version number",
+    ),
     "unknown_version": (
         lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1), model_version="9")),
         grpc.StatusCode.NOT_FOUND,

@@ -114,7 +114,7 @@ def test_a_directions_file_from_another_version_is_refused(own_repo, discs_and_s
         shutil.copytree(own_repo / model / "1", own_repo / model / "2")
         facts = own_repo / model / "2" / "facts.json"
         facts.write_text(json.dumps({**json.loads(facts.read_text()), "onnx_sha256": "other"}))
-    with pytest.raises(VaeganError, match="belongs to another model"):
+    with pytest.raises(VaeganError, match="was written for other graphs"):
         store.load_directions(own_repo, "2")
     assert list(store.load_directions(own_repo, "1")) == ["round"]
 
@@ -181,7 +181,7 @@ def test_export_with_data_stores_principal_directions_and_prior_with_the_new_ver
     assert store.load_prior(tmp_path / "repo", "2") is None
     # a prior copied from another version is refused, not used
     shutil.copy(store.prior_path(tmp_path / "repo", "1"), store.prior_path(tmp_path / "repo", "2"))
-    with pytest.raises(FailedPrecondition, match="belongs to another model"):
+    with pytest.raises(FailedPrecondition, match="was written for other graphs"):
         store.load_prior(tmp_path / "repo", "2")
 
 

@@ -201,7 +201,7 @@ def test_directions_of_another_model_version_are_refused_not_used(stub, latent_r
         with pytest.raises(grpc.RpcError) as e:
             stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"round": 1}), timeout=30)
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "belongs to another model" in e.value.details()
+        assert "was written for other graphs" in e.value.details()
     finally:
         path.write_text(original)
     r = stub.Edit(pb.EditRequest(source=_emb(np.zeros(16)), weights={"round": 1}), timeout=30)

@@ -142,8 +142,8 @@ def _read_bound(repo: Path, version: str, file: Path, remedy: str) -> dict | Non
     expected = identity(repo, version)
     if data.get("model") != expected:
         raise FailedPrecondition(
-            f"{file} belongs to another model ({data.get('model')}), not version {version} "
-            f"({expected}); {remedy}"
+            f"{file.name} of version {version} was written for other graphs than this "
+            f"version's (its digests differ); {remedy}"
         )
     return data
 

@@ -8,6 +8,7 @@ messages are the servicer's business."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from vaegan.service.settings import Settings
 # Bounds of what callers may ask for (documented in the proto): beyond them the answer is
 # meaningless, and large enough values overflow float32 into Inf embeddings.
 MAX_TEMPERATURE = 10.0
+VERSION = re.compile(r"[1-9][0-9]{0,17}")  # Triton's versions are positive int64
 MAX_WEIGHT = 100.0
 
 # A keyframe, analogy term or edit source as the servicer hands it over: an embedding's
@@ -67,6 +69,14 @@ class LatentCore:
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
+        """The facts of ``role``'s model at ``version`` ("" = the pinned or newest). Only a
+        canonical version number gets past here: it is later part of cache keys and file
+        paths, so "01", " 1" or "1/../x" must not be read as anything."""
+        if version and not VERSION.fullmatch(version):
+            shown = version if len(version) <= 20 else version[:20] + "..."
+            raise InvalidInput(
+                f"model_version: {shown!r} is not a version number (1, 2, ...; empty for the newest)"
+            )
         return await self.backend.meta(role, version)
 
     def directions(self, version: str) -> dict[str, Direction]:
