@@ -574,3 +574,25 @@ def test_client_cli_verbs_write_their_files_against_a_live_gateway(repo, tmp_pat
         capsys.readouterr()
         assert main(["info", "--target", gw.target]) == 2  # no token: one line, non-zero
         assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_an_interpolation_longer_than_the_queue_is_decoded_not_refused(repo):
+    # 2 keyframes, 254 steps: 256 frames through a queue of 64 items (batches of 16).
+    settings = Settings(model_repository=str(repo), max_queue=64, max_batch_size=16)
+    with GatewayThread(settings) as gw:
+        stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gw.target))
+        keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * 16)) for v in (0.0, 1.0)]
+        r = stub.Interpolate(
+            pb.InterpolateRequest(
+                keyframes=keys, steps=254, output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+            ),
+            timeout=60,
+        )
+        assert len(r.images) == 256
+
+
+def test_settings_that_make_a_limit_unreachable_stop_the_gateway_at_start(repo):
+    from vaegan.errors import VaeganError
+
+    with pytest.raises(VaeganError, match="a full batch could never be queued"):
+        Settings(model_repository=str(repo), max_queue=8, max_batch_size=16).check()

@@ -274,7 +274,8 @@ class LatentCore:
         return out
 
     async def decode(self, meta: ModelMeta, z: np.ndarray, deadline: float | None) -> Decoded:
-        """z -> pixels, one decoder call per ``max_batch_size`` rows, in parallel. Every
+        """z -> pixels, one decoder call per ``max_batch_size`` rows, in parallel up to the
+        queue's size. Every
         vector is checked here, derived or given: a NaN or Inf must fail its own request,
         never the batch it would share with other callers'."""
         if not np.isfinite(z).all():
@@ -283,10 +284,23 @@ class LatentCore:
                 "temperature, weights or inputs); use smaller values"
             )
         step = self.settings.max_batch_size
-        parts = [
-            self.run("decoder", meta, z[i : i + step], deadline) for i in range(0, len(z), step)
-        ]
-        pixels = np.concatenate([p["image"] for p in await asyncio.gather(*parts)])
+        chunks = [z[i : i + step] for i in range(0, len(z), step)]
+        # At most a queue's worth in flight at once: a long path must not overfill the queue
+        # by itself (it would be refused after decoding part of it for nothing).
+        window = max(1, self.settings.max_queue // step)
+        images = []
+        for lo in range(0, len(chunks), window):
+            tasks = [
+                asyncio.ensure_future(self.run("decoder", meta, c, deadline))
+                for c in chunks[lo : lo + window]
+            ]
+            try:
+                images += [out["image"] for out in await asyncio.gather(*tasks)]
+            except BaseException:
+                for t in tasks:  # one chunk failed or the call ended: drop its siblings
+                    t.cancel()
+                raise
+        pixels = np.concatenate(images)
         return Decoded(z, pixels, meta.version)
 
     # --- helpers ------------------------------------------------------------------------

@@ -120,6 +120,7 @@ class Running:
 
 
 async def start(s: Settings) -> Running:
+    s.check()
     metrics = Metrics("triton" if s.triton_url else "onnxruntime", __version__)
     backend = make_backend(s, metrics)
     try:

@@ -74,6 +74,18 @@ class Settings:
         None  # or comma-separated tokens (for VAEGAN_AUTH_TOKENS); never logged
     )
 
+    def check(self) -> None:
+        """Settings that contradict each other stop the gateway at start, rather than make
+        a documented limit unreachable at run time."""
+        for name in ("max_batch_size", "max_queue", "max_items", "max_frames", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise VaeganError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_batch_size > self.max_queue:
+            raise VaeganError(
+                f"--max-batch-size {self.max_batch_size} is larger than --max-queue "
+                f"{self.max_queue}: a full batch could never be queued"
+            )
+
     def describe(self) -> str:
         """One line for the start-up log: tokens are never shown, only how many there are
         (reading them here also makes a token source without a token fail at start)."""
