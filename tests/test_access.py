@@ -253,3 +253,13 @@ def test_a_token_source_without_a_token_stops_the_gateway_instead_of_serving_ope
 def test_the_start_up_line_says_how_many_tokens_or_that_auth_is_off(repo):
     assert "auth=off" in Settings(model_repository=str(repo)).describe()
     assert "auth=1 token " in Settings(model_repository=str(repo), auth_tokens="t").describe() + " "
+
+
+def test_the_bearer_scheme_is_case_insensitive(repo, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    with GatewayThread(Settings(model_repository=str(repo), auth_tokens_file=str(tokens))) as gw:
+        stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gw.target))
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            md = [("authorization", f"{scheme} {TOKEN}")]
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10).latent_dim

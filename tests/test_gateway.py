@@ -596,3 +596,20 @@ def test_settings_that_make_a_limit_unreachable_stop_the_gateway_at_start(repo):
 
     with pytest.raises(VaeganError, match="a full batch could never be queued"):
         Settings(model_repository=str(repo), max_queue=8, max_batch_size=16).check()
+
+
+def test_bad_output_options_are_refused_before_any_inference(gateway):
+    import urllib.request
+
+    def backend_calls() -> float:
+        text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+        return metric_value(text, "vaegan_backend_requests_total")
+
+    stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
+    before = backend_calls()
+    bad = pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, jpeg_quality=101)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=4), output=bad), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output.jpeg_quality: 101" in e.value.details()
+    assert backend_calls() == before

@@ -162,6 +162,13 @@ BAD = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "are not finite",
     ),
+    "axis_name_of_5000_digits": (  # NOT_FOUND, not INTERNAL from int()
+        lambda s: s.Edit(
+            pb.EditRequest(source=_emb(np.zeros(16)), weights={"dim" + "9" * 5000: 1})
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "no direction 'dim99999",
+    ),
     "no_source": (
         lambda s: s.Edit(pb.EditRequest(weights={"pc1": 1})),
         grpc.StatusCode.INVALID_ARGUMENT,

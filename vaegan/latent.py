@@ -133,12 +133,13 @@ def axis(index: int, latent_dim: int) -> Direction:
 
 def lookup(directions: dict[str, Direction], name: str, latent_dim: int | None = None) -> Direction:
     """A stored direction, or ``dimN`` (any model's raw latent axes, when its size is given)."""
-    if name not in directions and latent_dim is not None and re.fullmatch(r"dim\d+", name):
+    if name not in directions and latent_dim is not None and re.fullmatch(r"dim[0-9]{1,6}", name):
         return axis(int(name[3:]), latent_dim)
     if name not in directions:
         known = ", ".join(sorted(directions)) or "none"
+        shown = name if len(name) <= 40 else name[:40] + "..."  # echo a bounded name
         raise NotFound(
-            f"no direction {name!r} for this model version (known: {known}; dim0, dim1, ... "
+            f"no direction {shown!r} for this model version (known: {known}; dim0, dim1, ... "
             "are the raw latent axes)"
         )
     return directions[name]

@@ -44,11 +44,23 @@ def decode_image(data: bytes, policy: CropPolicy, field: str, max_pixels: int) -
         raise InvalidInput(f"{field}: {e}") from None
 
 
-def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Image]:
+FORMATS = (pb.IMAGE_FORMAT_PNG, pb.IMAGE_FORMAT_JPEG, pb.IMAGE_FORMAT_RAW)
+
+
+def output_options(options: pb.OutputOptions) -> tuple[int, int]:
+    """(format, JPEG quality) of a request's output options, checked before any work is
+    done for it (a bad option must not cost an inference)."""
     fmt = options.format or pb.IMAGE_FORMAT_PNG
     quality = options.jpeg_quality or 90
+    if fmt not in FORMATS:
+        raise InvalidInput(f"output.format: unknown value {fmt}")
     if not 1 <= quality <= 100:
         raise InvalidInput(f"output.jpeg_quality: {quality}; expected 1..100")
+    return fmt, quality
+
+
+def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Image]:
+    fmt, quality = output_options(options)
     out = []
     for px in pixels:
         h, w = px.shape[:2]
@@ -58,10 +70,8 @@ def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Imag
             buf = io.BytesIO()
             if fmt == pb.IMAGE_FORMAT_JPEG:
                 Image.fromarray(px).save(buf, format="JPEG", quality=quality)
-            elif fmt == pb.IMAGE_FORMAT_PNG:
-                Image.fromarray(px).save(buf, format="PNG", compress_level=1)  # speed over size
             else:
-                raise InvalidInput(f"output.format: unknown value {fmt}")
+                Image.fromarray(px).save(buf, format="PNG", compress_level=1)  # speed over size
             data = buf.getvalue()
         out.append(pb.Image(data=data, format=fmt, width=w, height=h))
     return out

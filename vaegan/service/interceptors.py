@@ -128,8 +128,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _valid(self, metadata) -> bool:
         for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                given = value[len("Bearer ") :].encode()
+            # The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" are "Bearer".
+            if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":
+                given = value[7:].strip().encode()
                 return any(hmac.compare_digest(given, t) for t in self.tokens)
         return False
 

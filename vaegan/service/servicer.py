@@ -45,6 +45,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         self.limits = pb.Limits(**{f.name: getattr(lim, f.name) for f in fields(lim)})
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        codecs.output_options(request.output)  # before any work
         which = request.WhichOneof("source")
         version, deadline = request.model_version, _deadline(context)
         if which == "embeddings":
@@ -104,6 +105,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         )
 
     async def Interpolate(self, request: pb.InterpolateRequest, context) -> pb.InterpolateResponse:
+        codecs.output_options(request.output)  # before any work
         deadline = _deadline(context)
         z, dmeta, encoder_version = await self._path(request, deadline)
         out = await self.core.decode(dmeta, z, deadline)
@@ -115,6 +117,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         )
 
     async def InterpolateStream(self, request: pb.InterpolateRequest, context):
+        codecs.output_options(request.output)  # before any work
         deadline = _deadline(context)
         z, dmeta, encoder_version = await self._path(request, deadline)
         # Small chunks: the first frames go out after one short decoder call.
@@ -155,6 +158,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         )
 
     async def Edit(self, request: pb.EditRequest, context) -> pb.EditResponse:
+        codecs.output_options(request.output)  # before any work
         sw = request.sweep
         out = await self.core.edit(
             _key(request.source) if request.HasField("source") else None,
@@ -172,6 +176,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         )
 
     async def Analogy(self, request: pb.AnalogyRequest, context) -> pb.AnalogyResponse:
+        codecs.output_options(request.output)  # before any work
         terms = {f: [_key(k) for k in getattr(request, f).items] for f in ("a", "b", "c")}
         out = await self.core.analogy(terms, request.model_version, _deadline(context))
         return pb.AnalogyResponse(
