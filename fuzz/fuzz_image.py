@@ -19,6 +19,7 @@ LIMITS = Limits(
     max_items=1,
     max_image_bytes=1 << 20,
     max_image_pixels=4_000_000,
+    max_request_pixels=4_000_000,
     max_steps=1,
     max_frames=1,
     max_message_bytes=1 << 21,

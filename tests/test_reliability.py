@@ -548,3 +548,50 @@ def test_a_request_that_is_not_protobuf_is_invalid_argument_naming_the_message(g
         assert "class" not in e.value.details()  # no Python exception type leaks
     with LatentClient(gateway.target, timeout=10) as c:
         assert c.generate(count=1)[0].shape[0] == 1
+
+
+def _bombs(side: int) -> dict[str, bytes]:
+    """Small files under the pixel cap that are expensive to decode: RGBA, a palette with a
+    transparent colour, 16-bit greyscale (all zeros: they compress to almost nothing)."""
+    out = {}
+    for name, im, extra in (
+        ("rgba", Image.new("RGBA", (side, side)), {}),
+        ("palette", Image.new("P", (side, side)), {"transparency": 0}),
+        ("16bit", Image.new("I;16", (side, side)), {}),
+    ):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", **extra)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_decompression_bombs_sent_together_stay_inside_the_decode_memory_budget(repo):
+    from vaegan.host import peak_rss_mib
+    from vaegan.service.process import spawn, wait_ready
+
+    budget_mb = 64
+    gw = spawn(
+        {
+            "model_repository": str(repo),
+            "decode_memory_mb": str(budget_mb),
+            "decode_threads": "4",  # room for four decodes at once, were it not for the budget
+            "max_image_pixels": "4000000",
+        },
+        by_env=True,
+    )
+    try:
+        wait_ready(gw.target)
+        bombs = _bombs(2000)  # 4 Mpx each, at the cap
+        assert max(len(b) for b in bombs.values()) < 100_000
+        with LatentClient(gw.target, timeout=120) as c:
+            c.encode([encode(pattern(64, 64), "PNG")])  # warm: the baseline includes a decode
+            before = peak_rss_mib(gw.process.pid)
+            with ThreadPoolExecutor(12) as pool:
+                jobs = [pool.submit(c.encode, [b]) for b in list(bombs.values()) * 4]
+                results = [j.result() for j in jobs]
+            assert all(r.mu.shape == (1, 16) for r in results)  # served, not refused
+            grown = peak_rss_mib(gw.process.pid) - before
+        assert grown < budget_mb + 40, f"peak RSS grew {grown:.0f} MiB; budget {budget_mb} MiB"
+    finally:
+        gw.process.terminate()
+        gw.process.wait(30)

@@ -5,6 +5,8 @@ descriptors, threads). Standard library only."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import socket
 from collections.abc import Iterator
@@ -85,3 +87,27 @@ def open_fds(pid: int) -> int:
 
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0
+
+
+def return_large_allocations(threshold: int = 128 * 1024) -> bool:
+    """Make glibc serve allocations above ``threshold`` bytes with mmap, so freeing them
+    gives the memory back to the system. Its default threshold grows after large frees, and
+    the big image buffers a decode makes then stay in per-thread arenas: with several decode
+    threads, memory freed by one decode is not reused by the next and the process keeps
+    the sum of their peaks. False where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))

@@ -108,8 +108,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
     except Exception as e:  # any decoder failure on untrusted bytes is a refusal
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {e}") from None
     if im.mode.startswith("I"):  # 16-bit greyscale: Pillow's convert() clips, so scale
-        arr = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
+        # Integers throughout (a float64 copy would cost 8 bytes a pixel): round(v / 257).
+        arr = np.asarray(im, dtype=np.int32)
+        arr = np.clip((arr + 128) // 257, 0, 255)
+        im = Image.fromarray(arr.astype(np.uint8), "L")
     elif im.mode == "F":
         im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
@@ -139,6 +141,33 @@ def load_rgb(
         if k < 1:
             im.draft(im.mode, (math.ceil(w * k), math.ceil(h * k)))
     return to_rgb(im)
+
+
+# Peak bytes a pixel costs through ``to_rgb``, by mode: the decoded image, the copies its
+# conversion makes (16-bit: int32 + uint8; transparency: RGBA + a white RGBA + RGB), the RGB
+# result. Measured shapes of the code above, rounded up.
+_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 4, "RGB": 7, "CMYK": 8, "YCbCr": 7, "LA": 14, "PA": 14}
+_BYTES_TRANSPARENT = 15  # RGBA, or any mode with a transparency key
+_BYTES_16BIT = 13
+
+
+def decode_cost(im: Image.Image, min_side: int | None = None) -> int:
+    """Bytes decoding ``im`` (opened, not yet loaded) will take at its peak, from its header:
+    what a memory budget for decoding must reserve. JPEGs decode reduced (draft mode) when
+    ``min_side`` allows, as ``load_rgb`` does."""
+    w, h = im.size
+    if im.format == "JPEG":
+        scale = 1
+        while scale < 8 and min_side and min(w, h) / (2 * scale) >= min_side:
+            scale *= 2
+        w, h = math.ceil(w / scale), math.ceil(h / scale)
+    if im.mode.startswith("I") or im.mode == "F":
+        per = _BYTES_16BIT
+    elif im.mode in ("RGBA", "RGBa", "La") or "transparency" in im.info:
+        per = _BYTES_TRANSPARENT
+    else:
+        per = _BYTES_PER_PIXEL.get(im.mode, _BYTES_TRANSPARENT)
+    return w * h * per
 
 
 def crop_box(

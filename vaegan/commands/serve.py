@@ -62,7 +62,12 @@ def serve(a: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from vaegan.host import return_large_allocations
+
     settings = from_args(a)
+    # Decoded images are large and short-lived: give their memory back when freed, so the
+    # decode memory budget bounds what the process holds.
+    return_large_allocations()
     print(f"vaegan serve: {settings.describe()}", flush=True)
     asyncio.run(serve(settings))
     return 0

@@ -12,6 +12,7 @@ inference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -164,3 +165,45 @@ def _fail(batch: list[_Item], e: BaseException) -> None:
     for item in batch:
         if not item.future.done():
             item.future.set_exception(e)
+
+
+class ByteBudget:
+    """An amount (bytes) shared by concurrent holders, granted first come, first served: a
+    large request waits for room instead of being overtaken forever by small ones."""
+
+    def __init__(self, total: int):
+        self.total, self.free = total, total
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int):
+        n = min(n, self.total)
+        if self._waiters or n > self.free:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((n, future))
+            try:
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled():
+                    self._release(n)  # granted just as the caller went away
+                else:
+                    self._waiters.remove((n, future))
+                    self._grant()
+                raise
+        else:
+            self.free -= n
+        try:
+            yield
+        finally:
+            self._release(n)
+
+    def _release(self, n: int) -> None:
+        self.free += n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.free:
+            n, future = self._waiters.popleft()
+            if not future.done():
+                self.free -= n
+                future.set_result(None)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from vaegan.errors import ImageRejected, InvalidInput
-from vaegan.preprocess import CropPolicy, preprocess
+from vaegan.preprocess import CropPolicy, decode_cost, decode_side, open_image, preprocess
 from vaegan.v1 import vaegan_pb2 as pb
 
 
@@ -33,6 +33,15 @@ def embedding(e, latent_dim: int, field: str) -> np.ndarray:
 
 def to_embeddings(arr: np.ndarray) -> list[pb.Embedding]:
     return [pb.Embedding(values=row.tolist()) for row in np.asarray(arr, np.float32)]
+
+
+def header_cost(data: bytes, policy: CropPolicy, field: str, limits) -> tuple[int, int]:
+    """(pixels, estimated peak decode bytes) of an encoded image, from its header alone."""
+    try:
+        im = open_image(bytes(data), max_pixels=limits.max_image_pixels)
+    except ImageRejected as e:
+        raise InvalidInput(f"{field}: {e}") from None
+    return im.width * im.height, decode_cost(im, decode_side(policy))
 
 
 def decode_image(data: bytes, policy: CropPolicy, field: str, max_pixels: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from vaegan.prior import GaussianMixture
 from vaegan.repository import ModelMeta
 from vaegan.service import codecs
 from vaegan.service.backends import Backend
-from vaegan.service.batching import Batcher, DeadlineExceeded
+from vaegan.service.batching import Batcher, ByteBudget, DeadlineExceeded
 from vaegan.service.limits import Limits
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
@@ -65,6 +65,7 @@ class LatentCore:
         self.limits = Limits.from_settings(settings)
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
+        self._decode_budget = ByteBudget(settings.decode_memory_mb << 20)
         # Decoding is CPU work in C (Pillow releases the GIL): keep it off the event loop.
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
@@ -324,22 +325,36 @@ class LatentCore:
         return v
 
     async def images(self, blobs: list[bytes], meta: ModelMeta, field: str) -> np.ndarray:
-        """Encoded images -> the encoder's uint8 input, decoded in the decode pool."""
+        """Encoded images -> the encoder's uint8 input, decoded in the decode pool. Each image's
+        header is read first: the request's pixels are checked against its budget, and each
+        decode waits for its estimated memory in the process-wide decode budget."""
+        sizes = []
         for i, data in enumerate(blobs):
             self.limits.image_bytes(len(data), f"{field}[{i}]")
+            sizes.append(codecs.header_cost(data, meta.crop, f"{field}[{i}]", self.limits))
+        self.limits.request_pixels(sum(px for px, _ in sizes), field)
+        for i, (_, cost) in enumerate(sizes):
+            if cost > self._decode_budget.total:
+                raise InvalidInput(
+                    f"{field}[{i}]: decoding it would take about {cost >> 20} MiB, more than "
+                    f"this gateway's decode budget of {self._decode_budget.total >> 20} MiB; "
+                    "send a smaller image (the model needs "
+                    f"{meta.crop.size}x{meta.crop.size})"
+                )
         loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(
-                self._decode_pool,
-                codecs.decode_image,
-                data,
-                meta.crop,
-                f"{field}[{i}]",
-                self.limits.max_image_pixels,
-            )
-            for i, data in enumerate(blobs)
-        ]
-        return np.stack(await asyncio.gather(*jobs))
+
+        async def decode(i: int, data: bytes) -> np.ndarray:
+            async with self._decode_budget.hold(sizes[i][1]):
+                return await loop.run_in_executor(
+                    self._decode_pool,
+                    codecs.decode_image,
+                    data,
+                    meta.crop,
+                    f"{field}[{i}]",
+                    self.limits.max_image_pixels,
+                )
+
+        return np.stack(await asyncio.gather(*(decode(i, d) for i, d in enumerate(blobs))))
 
     async def vectors(
         self, keys: list[Key], dmeta: ModelMeta, version: str, deadline, field: str

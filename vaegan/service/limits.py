@@ -13,6 +13,7 @@ class Limits:
     max_items: int  # embeddings / images / samples / keyframes / analogy terms per request
     max_image_bytes: int
     max_image_pixels: int
+    max_request_pixels: int  # all images of one request together
     max_steps: int  # interpolation frames between two keyframes
     max_frames: int  # frames of a whole interpolation path
     max_message_bytes: int
@@ -32,6 +33,12 @@ class Limits:
     def image_bytes(self, n: int, field: str) -> None:
         if n > self.max_image_bytes:
             raise InvalidInput(f"{field}: {n} bytes; at most {self.max_image_bytes} per image")
+
+    def request_pixels(self, n: int, field: str) -> None:
+        if n > self.max_request_pixels:
+            raise InvalidInput(
+                f"{field}: {n} pixels in all; at most {self.max_request_pixels} per request"
+            )
 
     def path(self, keyframes: int, steps: int) -> int:
         """The frame count of a path through ``keyframes`` with ``steps`` between each pair."""

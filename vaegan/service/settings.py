@@ -57,6 +57,11 @@ class Settings:
     max_message_bytes: int = 64 * MiB
     backend_timeout_s: float = 30.0  # per backend call when the caller set no deadline
     decode_threads: int = 2  # image decoding runs off the event loop
+    # Bytes all image decodes in flight may take together (estimated from each image's
+    # header before it is decoded): bombs under the pixel cap wait for room instead of
+    # stacking up; one image that alone needs more is refused.
+    decode_memory_mb: int = 256
+    max_request_pixels: int = DEFAULT_MAX_PIXELS  # all images of one request together
     grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
     drain_delay_s: float = 0.0  # SIGTERM: NOT_SERVING this long before stopping (endpoints update)
     max_connection_age_s: float = 300.0  # clients reconnect, so new replicas get traffic
@@ -80,6 +85,8 @@ class Settings:
         for name in ("max_batch_size", "max_queue", "max_items", "max_frames", "max_inflight"):
             if getattr(self, name) < 1:
                 raise VaeganError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.decode_memory_mb < 1:
+            raise VaeganError("--decode-memory-mb must be at least 1")
         if self.max_batch_size > self.max_queue:
             raise VaeganError(
                 f"--max-batch-size {self.max_batch_size} is larger than --max-queue "

@@ -210,20 +210,22 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_items", "max_image_bytes", "max_image_pixels", "max_steps", "max_frames", "max_message_bytes")
+    __slots__ = ("max_items", "max_image_bytes", "max_image_pixels", "max_steps", "max_frames", "max_message_bytes", "max_request_pixels")
     MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_PIXELS_FIELD_NUMBER: _ClassVar[int]
     max_items: int
     max_image_bytes: int
     max_image_pixels: int
     max_steps: int
     max_frames: int
     max_message_bytes: int
-    def __init__(self, max_items: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_request_pixels: int
+    def __init__(self, max_items: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_request_pixels: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("latent_dim", "image_size", "crop_mode", "crop_fraction", "encoder", "decoder", "backend", "limits", "fitted_prior")
