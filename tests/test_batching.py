@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from vaegan.errors import InvalidInput, ResourceExhausted
-from vaegan.service.batching import Batcher, DeadlineExceeded
+from vaegan.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
+from vaegan.service.batching import Batcher
 from vaegan.service.metrics import Metrics
 
 

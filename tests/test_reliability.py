@@ -250,7 +250,9 @@ def test_generated_pngs_decode(gateway):
 def test_past_the_concurrency_cap_calls_are_refused_at_once(repo):
     with (
         LocalTriton(repo) as triton,
-        GatewayThread(Settings(triton_url=triton.grpc_url, max_inflight=2)) as gw,
+        GatewayThread(
+            Settings(triton_url=triton.grpc_url, max_inflight=2, max_inflight_per_connection=2)
+        ) as gw,
         LatentClient(gw.target, timeout=15) as c,
     ):
         c.generate(count=1)
@@ -595,3 +597,54 @@ def test_decompression_bombs_sent_together_stay_inside_the_decode_memory_budget(
     finally:
         gw.process.terminate()
         gw.process.wait(30)
+
+
+def _unread_streams(target: str, n: int, frames: int = 1024):
+    """``n`` InterpolateStream calls on one connection that never read a frame: the server
+    fills the flow-control window and then waits on the writes."""
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.LatentServiceStub(channel)
+    keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * 16)) for v in (0.0, 1.0)]
+    request = pb.InterpolateRequest(keyframes=keys, steps=frames - 2)
+    return channel, [stub.InterpolateStream(request) for _ in range(n)]
+
+
+def _inflight(gw) -> float:
+    text = urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
+    return metric_value(text, "vaegan_inflight_requests")
+
+
+def test_one_connection_cannot_take_every_in_flight_slot(repo):
+    settings = Settings(model_repository=str(repo), max_inflight=8, max_frames=1024, max_steps=1024)
+    with GatewayThread(settings) as gw:
+        channel, hog = _unread_streams(gw.target, 8)  # as many calls as the gateway's cap
+        try:
+            wait_until(lambda: _inflight(gw) >= 4, timeout=30, every=0.05)
+            time.sleep(0.5)  # every call of the hog has reached the gateway by now
+            assert _inflight(gw) == 4  # half of the 8 slots
+            with LatentClient(gw.target, timeout=10) as victim:  # its own connection
+                assert victim.generate(count=1)[0].shape[0] == 1
+        finally:
+            for call in hog:
+                call.cancel()
+            channel.close()
+
+
+def test_a_call_that_outlives_the_servers_limit_ends_with_deadline_exceeded(repo):
+    # No client deadline; the server's own limit (50 ms) is shorter than producing 1,024
+    # frames takes, so the call must end there, its slot freed.
+    settings = Settings(
+        model_repository=str(repo), max_call_s=0.05, max_frames=1024, max_steps=1024
+    )
+    with GatewayThread(settings) as gw:
+        channel, (call,) = _unread_streams(gw.target, 1)
+        try:
+            got = 0
+            with pytest.raises(grpc.RpcError) as e:
+                for _ in call:
+                    got += 1
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value.details()
+            assert "--max-call-s" in e.value.details() and got < 1024
+            wait_until(lambda: _inflight(gw) == 0, timeout=10, every=0.05)
+        finally:
+            channel.close()

@@ -39,6 +39,12 @@ class FailedPrecondition(VaeganError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class DeadlineExceeded(VaeganError):
+    """The caller's deadline, or the gateway's own limit on a call, passed first."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 class ImageRejected(InvalidInput):
     """An image that cannot be used; ``reason`` is a short stable key for reports."""
 

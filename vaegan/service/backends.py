@@ -22,9 +22,15 @@ from typing import Any
 import numpy as np
 
 from vaegan import interface as api
-from vaegan.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable, VaeganError
+from vaegan.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    VaeganError,
+)
 from vaegan.repository import ModelMeta, meta_from_parameters, read_config
-from vaegan.service.batching import DeadlineExceeded
 from vaegan.service.metrics import Metrics
 
 ROLES = ("encoder", "decoder")

@@ -20,14 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vaegan.errors import InvalidInput, ResourceExhausted, VaeganError
+from vaegan.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
 from vaegan.service.metrics import Metrics
 
 RunFn = Callable[[np.ndarray, float | None], Awaitable[tuple[dict[str, np.ndarray], str]]]
-
-
-class DeadlineExceeded(VaeganError):
-    grpc_code = "DEADLINE_EXCEEDED"
 
 
 @dataclass

@@ -18,13 +18,13 @@ import numpy as np
 
 from vaegan import latent
 from vaegan import repository as store
-from vaegan.errors import FailedPrecondition, InvalidInput
+from vaegan.errors import DeadlineExceeded, FailedPrecondition, InvalidInput
 from vaegan.latent import Direction
 from vaegan.prior import GaussianMixture
 from vaegan.repository import ModelMeta
 from vaegan.service import codecs
 from vaegan.service.backends import Backend
-from vaegan.service.batching import Batcher, ByteBudget, DeadlineExceeded
+from vaegan.service.batching import Batcher, ByteBudget
 from vaegan.service.limits import Limits
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings

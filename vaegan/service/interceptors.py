@@ -22,7 +22,7 @@ import time
 
 import grpc
 
-from vaegan.errors import InvalidInput, VaeganError
+from vaegan.errors import DeadlineExceeded, InvalidInput, VaeganError
 from vaegan.service.metrics import Metrics
 from vaegan.v1 import vaegan_pb2
 
@@ -84,16 +84,30 @@ def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str,
     return grpc.unary_unary_rpc_method_handler(refuse_unary)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, around, parse=None):
+def _over_limit(limit: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"the call ran past the gateway's limit of {limit:g} s (--max-call-s); "
+        "split the work into smaller calls"
+    )
+
+
+def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0):
     """``handler`` with its behaviour run inside ``around(request, context)``, an async
-    context manager; unary and server-streaming methods (the only kinds the service has)."""
+    context manager; unary and server-streaming methods (the only kinds the service has).
+    With ``limit``, the server's own bound on the call's work, deadline or not: a unary call
+    is cut off at it, and a stream ends once producing its next message would pass it."""
     deserializer = parse or handler.request_deserializer
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request, context):
             async with around(request, context):
-                return await inner(request, context)
+                if not limit:
+                    return await inner(request, context)
+                try:
+                    return await asyncio.wait_for(inner(request, context), limit)
+                except TimeoutError:
+                    raise _over_limit(limit) from None
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
@@ -105,8 +119,28 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None):
 
         async def stream(request, context):
             async with around(request, context):
-                async for item in inner_stream(request, context):
-                    yield item
+                items = inner_stream(request, context)
+                end = asyncio.get_running_loop().time() + limit if limit else None
+                try:
+                    while True:
+                        # Only our own work is timed out, never gRPC's write of a message:
+                        # cancelling that would leave the call hanging.
+                        if end is None:
+                            nxt = items.__anext__()
+                        else:
+                            left = end - asyncio.get_running_loop().time()
+                            if left <= 0:
+                                raise _over_limit(limit)
+                            nxt = asyncio.wait_for(items.__anext__(), left)
+                        try:
+                            item = await nxt
+                        except StopAsyncIteration:
+                            return
+                        except TimeoutError:
+                            raise _over_limit(limit) from None
+                        yield item
+                finally:
+                    await items.aclose()
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
@@ -174,8 +208,15 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     parsed, with a handler built once: an overloaded gateway mostly refuses, and a refusal
     then costs what grpc.aio itself costs, whatever the request's size."""
 
-    def __init__(self, lifecycle: Lifecycle, max_inflight: int, outcomes: Outcomes):
+    def __init__(
+        self, lifecycle: Lifecycle, max_inflight: int, outcomes: Outcomes, per_connection: int = 0
+    ):
         self.lifecycle, self.max_inflight, self.outcomes = lifecycle, max_inflight, outcomes
+        # One connection may hold at most this many of the slots, so no single caller can
+        # take them all (0: half of them; behind a proxy that funnels every caller through
+        # one connection, set it to max_inflight).
+        self.per_connection = per_connection or max(1, max_inflight // 2)
+        self._by_peer: dict[str, int] = {}
         self._admitted: dict[str, grpc.RpcMethodHandler] = {}
         self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
 
@@ -220,6 +261,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             if code is not None:
                 self.outcomes.count(method, code)
                 await context.abort(getattr(grpc.StatusCode, code), self.details(code))
+            peer = context.peer() or ""
+            held = self._by_peer.get(peer, 0)
+            if held >= self.per_connection:
+                self.outcomes.count(method, "RESOURCE_EXHAUSTED")
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this connection already has {held} calls in flight, its share of the "
+                    f"gateway's {self.max_inflight}; wait for them or retry with backoff",
+                )
+            self._by_peer[peer] = held + 1
             self.lifecycle.enter()
             self.outcomes.metrics.inflight.inc()
             try:
@@ -227,6 +278,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 self.lifecycle.leave()
                 self.outcomes.metrics.inflight.dec()
+                left = self._by_peer[peer] - 1
+                if left:
+                    self._by_peer[peer] = left
+                else:
+                    del self._by_peer[peer]
 
         return admitted
 
@@ -257,8 +313,8 @@ def _tolerant(deserializer):
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps what a handler raises to a gRPC status, and records the call's outcome."""
 
-    def __init__(self, outcomes: Outcomes):
-        self.outcomes = outcomes
+    def __init__(self, outcomes: Outcomes, max_call_s: float = 0.0):
+        self.outcomes, self.max_call_s = outcomes, max_call_s
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details):
@@ -269,7 +325,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is None:
             method = method_label(details.method)
             wrapped = self._wrapped[details.method] = _wrap(
-                handler, self._status(method), parse=_tolerant(handler.request_deserializer)
+                handler,
+                self._status(method),
+                parse=_tolerant(handler.request_deserializer),
+                limit=self.max_call_s,
             )
         return wrapped
 

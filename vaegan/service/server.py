@@ -143,8 +143,8 @@ async def start(s: Settings) -> Running:
     tokens = s.tokens()
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *([AuthInterceptor(tokens, outcomes)] if tokens else []),
-        AdmissionInterceptor(lifecycle, s.max_inflight, outcomes),
-        StatusInterceptor(outcomes),
+        AdmissionInterceptor(lifecycle, s.max_inflight, outcomes, s.max_inflight_per_connection),
+        StatusInterceptor(outcomes, s.max_call_s),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(core)

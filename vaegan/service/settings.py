@@ -44,6 +44,12 @@ class Settings:
     # RPCs handled at once; past it, RESOURCE_EXHAUSTED at once. Little's law: accepted calls
     # keep their latency only if cap / throughput stays near the latency you promise.
     max_inflight: int = 64
+    # Of those, what one client connection may hold (0 = half of max_inflight): a caller that
+    # opens many calls and stops reading cannot take every slot. Behind a proxy that funnels
+    # all callers through one connection, set it to max_inflight.
+    max_inflight_per_connection: int = 0
+    # The server's limit on any call's duration, with or without a client deadline.
+    max_call_s: float = 300.0
     # HTTP/2 streams one client connection may have open. Past it the transport refuses the
     # stream (the caller sees UNAVAILABLE, which gRPC clients may retry transparently) before
     # any Python runs: a refusal in the handler costs a whole grpc.aio call's CPU, so a
@@ -137,6 +143,10 @@ HELP = {
     "batching": "coalesce concurrent requests (true/false)",
     "auth_tokens": "comma-separated bearer tokens (prefer VAEGAN_AUTH_TOKENS or --auth-tokens-file: flags show in ps)",
     "tls_client_ca": "require client certificates signed by this CA (mutual TLS)",
+    "max_inflight_per_connection": "calls one client connection may have in flight (0 = half of --max-inflight; set it to --max-inflight behind a proxy that uses one connection for everyone)",
+    "max_call_s": "the server's limit on any call's duration, with or without a client deadline",
+    "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from headers",
+    "max_request_pixels": "pixels all images of one request may have together",
 }
 
 
