@@ -119,7 +119,8 @@ def sweep(z: np.ndarray, d: Direction, weights: np.ndarray) -> np.ndarray:
 
 def analogy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """A - B + C, each term the mean of its encodings ([N, D] -> [D])."""
-    return (a.mean(0) - b.mean(0) + c.mean(0)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # callers check the result is finite
+        return (a.mean(0) - b.mean(0) + c.mean(0)).astype(np.float32)
 
 
 def axis(index: int, latent_dim: int) -> Direction:
