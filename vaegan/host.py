@@ -51,9 +51,8 @@ def _processes() -> dict[int, list[str]]:
     return out
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every living process below it."""
-    parents = {pid: int(f[1]) for pid, f in _processes().items()}
+def _tree(procs: dict[int, list[str]], root: int) -> list[int]:
+    parents = {pid: int(f[1]) for pid, f in procs.items()}
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -62,18 +61,20 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every living process below it."""
+    return _tree(_processes(), root)
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of a process and all its living descendants."""
     procs = _processes()
     tick = os.sysconf("SC_CLK_TCK")
-    parents = {pid: int(f[1]) for pid, f in procs.items()}
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs:
-            total += (int(procs[pid][11]) + int(procs[pid][12])) / tick
-        todo.extend(c for c, parent in parents.items() if parent == pid)
-    return total
+    return sum(
+        (int(procs[pid][11]) + int(procs[pid][12])) / tick
+        for pid in _tree(procs, root)
+        if pid in procs
+    )
 
 
 def rss_mib(pid: int) -> float:

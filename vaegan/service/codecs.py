@@ -13,24 +13,6 @@ from vaegan.preprocess import CropPolicy, decode_cost, decode_side, open_image, 
 from vaegan.v1 import vaegan_pb2 as pb
 
 
-def embeddings(items, latent_dim: int, field: str) -> np.ndarray:
-    """Repeated Embedding -> float32 [n, latent]; every bad value named by its field."""
-    out = np.empty((len(items), latent_dim), np.float32)
-    for i, e in enumerate(items):
-        out[i] = embedding(e, latent_dim, f"{field}[{i}]")
-    return out
-
-
-def embedding(e, latent_dim: int, field: str) -> np.ndarray:
-    n = len(e.values)
-    if n != latent_dim:
-        raise InvalidInput(f"{field}.values: length {n}; this model's latent size is {latent_dim}")
-    arr = np.asarray(e.values, np.float32)
-    if not np.isfinite(arr).all():
-        raise InvalidInput(f"{field}.values: contains NaN or Inf")
-    return arr
-
-
 def to_embeddings(arr: np.ndarray) -> list[pb.Embedding]:
     return [pb.Embedding(values=row.tolist()) for row in np.asarray(arr, np.float32)]
 
