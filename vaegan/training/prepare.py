@@ -9,6 +9,7 @@ temporary folder beside the target and renamed into place at the end.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -119,7 +120,14 @@ def prepare(
         ]
         workers = workers or min(os.cpu_count() or 1, 8)
         t0 = time.time()
-        with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        # forkserver, not fork: a process with threads (any caller that has used gRPC, a test
+        # run) can fork while another thread holds a lock, and the child then waits forever.
+        pool_ = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            if workers > 1
+            else _Inline()
+        )
+        with pool_ as pool:
             results = pool.map(_process, jobs, chunksize=16)
             bar = tqdm(results, total=len(jobs), desc="prepare", unit="img", disable=not progress)
             for path, val, (status, a, b) in zip(files, is_val, bar, strict=True):
