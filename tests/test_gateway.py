@@ -142,7 +142,7 @@ def test_model_info_names_sizes_versions_and_limits(client):
     assert (info.latent_dim, info.image_size, info.crop_mode) == (LATENT, 32, "center")
     assert info.encoder.name == "vaegan_encoder" and info.decoder.version == "1"
     assert info.decoder.facts["checkpoint_step"] == "6"
-    assert info.limits.max_items == 64 and info.limits.max_message_bytes == 64 * 1024 * 1024
+    assert info.limits.max_items == 64 and info.limits.max_message_bytes == 16 * 1024 * 1024
     assert not info.fitted_prior
 
 
@@ -366,7 +366,7 @@ def test_calls_waiting_on_an_expired_version_cache_share_one_triton_metadata_que
     names = {"encoder": "vaegan_encoder", "decoder": "vaegan_decoder"}
 
     async def run():
-        backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "test"), 1 << 20)
+        backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "test"))
         queries = []
         real = backend.client.get_model_metadata
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from vaegan.client import LatentClient
+from vaegan.errors import VaeganError
 from vaegan.export.local_triton import LocalTriton
 from vaegan.host import free_port, open_fds, threads
 from vaegan.service.metrics import metric_value
@@ -485,7 +486,7 @@ def test_a_caller_giving_up_does_not_cancel_the_call_triton_is_running(repo):
             return _triton_count(triton, "nv_inference_request_success_total") == n
 
         async def run():
-            backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "t"), 1 << 24)
+            backend = TritonBackend(triton.grpc_url, names, "", Metrics("triton", "t"))
             await backend.infer("decoder", "1", z, 5.0)  # connected, one call finished
             await asyncio.to_thread(wait_until, lambda: finished(1))
             os.kill(triton.process.pid, signal.SIGSTOP)  # the call below waits on Triton
@@ -597,6 +598,105 @@ def test_decompression_bombs_sent_together_stay_inside_the_decode_memory_budget(
     finally:
         gw.process.terminate()
         gw.process.wait(30)
+
+
+def _gzip_bomb(size: int) -> pb.EncodeRequest:
+    """A request of ``size`` bytes of zeros: gzip sends it in about a thousandth of that."""
+    return pb.EncodeRequest(images=[bytes(size)])
+
+
+def test_a_compressed_request_is_refused_before_it_is_inflated(repo):
+    from vaegan.host import peak_rss_mib
+    from vaegan.service.process import spawn, wait_ready
+
+    gw = spawn({"model_repository": str(repo)})
+    try:
+        wait_ready(gw.target)
+        channel = grpc.insecure_channel(gw.target, options=[("grpc.max_send_message_length", -1)])
+        stub = pb_grpc.LatentServiceStub(channel)
+        stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        before = peak_rss_mib(gw.process.pid)
+        bomb = _gzip_bomb(15 << 20)  # under the 16 MiB message cap once inflated
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: _code(
+                        lambda: stub.Encode(bomb, compression=grpc.Compression.Gzip, timeout=30)
+                    ),
+                    range(16),
+                )
+            )
+        assert {c for c, _ in codes} == {grpc.StatusCode.UNIMPLEMENTED}, codes[0]
+        assert "gzip" in codes[0][1] and "disabled" in codes[0][1]
+        grown = peak_rss_mib(gw.process.pid) - before
+        assert grown < 30, f"peak RSS grew {grown:.0f} MiB for requests that were refused"
+        ok = stub.Encode(pb.EncodeRequest(images=[encode(pattern(64, 64), "PNG")]), timeout=10)
+        assert len(ok.encodings) == 1
+        channel.close()
+    finally:
+        gw.process.terminate()
+        gw.process.wait(30)
+
+
+def test_an_accepted_compressed_request_is_capped_by_the_message_limit_once_inflated(repo):
+    settings = Settings(
+        model_repository=str(repo), compressed_requests=True, max_message_bytes=1 << 20
+    )
+    with GatewayThread(settings) as gw:
+        stub = pb_grpc.LatentServiceStub(
+            grpc.insecure_channel(gw.target, options=[("grpc.max_send_message_length", -1)])
+        )
+        code, _ = _code(
+            lambda: stub.Encode(_gzip_bomb(2 << 20), compression=grpc.Compression.Gzip, timeout=10)
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        small = pb.EncodeRequest(images=[encode(pattern(64, 64), "PNG")])
+        assert len(stub.Encode(small, compression=grpc.Compression.Gzip, timeout=10).encodings)
+
+
+def _noise_png(side: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), "PNG")
+
+
+def test_request_bytes_held_in_flight_are_bounded_and_given_back(repo):
+    # Each request carries a ~0.8 MB keyframe and is a stream nobody reads, so it stays in
+    # flight holding its bytes: with a 1 MiB budget the second one cannot be admitted.
+    settings = Settings(
+        model_repository=str(repo),
+        max_message_bytes=1 << 20,
+        request_memory_mb=1,
+        max_frames=1024,
+        max_steps=1024,
+    )
+    image = _noise_png(512)
+    assert 600_000 < len(image) < 1 << 20
+    request = pb.InterpolateRequest(
+        keyframes=[pb.Keyframe(image=image), pb.Keyframe(embedding=pb.Embedding(values=[0] * 16))],
+        steps=1022,
+    )
+    with GatewayThread(settings) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        stub = pb_grpc.LatentServiceStub(channel)
+        hog = stub.InterpolateStream(request)
+        wait_until(lambda: _inflight(gw) == 1, timeout=30, every=0.05)
+        code, details = _code(lambda: list(stub.InterpolateStream(request, timeout=10)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--request-memory-mb" in details, details
+        # Small requests still fit beside it.
+        with LatentClient(gw.target, timeout=10) as other:
+            assert other.generate(count=1)[0].shape[0] == 1
+        hog.cancel()
+        wait_until(lambda: _inflight(gw) == 0, timeout=10, every=0.05)
+        frames = list(stub.InterpolateStream(request, timeout=60))  # its bytes were given back
+        assert len(frames) == 1024
+        channel.close()
+
+
+def test_a_request_memory_budget_below_the_message_cap_stops_the_gateway_at_start():
+    settings = Settings(model_repository="unused", max_message_bytes=4 << 20, request_memory_mb=2)
+    with pytest.raises(VaeganError, match="--request-memory-mb 2 is smaller"):
+        settings.check()
 
 
 def _unread_streams(target: str, n: int, frames: int = 1024):

@@ -180,7 +180,7 @@ class OnnxBackend(Backend):
 class TritonBackend(Backend):
     kind = "triton"
 
-    def __init__(self, url: str, names, pinned_version, metrics, max_message_bytes: int):
+    def __init__(self, url: str, names, pinned_version, metrics):
         super().__init__(names, pinned_version, metrics)
         import tritonclient.grpc.aio as triton
 
@@ -189,8 +189,10 @@ class TritonBackend(Backend):
         self.client = triton.InferenceServerClient(
             url,
             channel_args=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
+                # Triton is ours, and a batch's size is bounded by max_batch_size: no cap
+                # (gRPC's default would refuse a batch of larger images above 4 MiB).
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", -1),
                 # Notice a dead Triton within seconds and reconnect with bounded backoff.
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),

@@ -3,7 +3,9 @@
 1. ``AuthInterceptor``: bearer tokens, before the request is parsed (health and reflection
    stay open).
 2. ``AdmissionInterceptor``: draining (UNAVAILABLE) and the concurrency cap
-   (RESOURCE_EXHAUSTED), refused before parsing; admitted calls are counted in flight.
+   (RESOURCE_EXHAUSTED), refused before parsing; admitted calls are counted in flight, and
+   the bytes of their request messages are held against a budget (RESOURCE_EXHAUSTED past
+   it, before the bytes are parsed).
 3. ``StatusInterceptor``: a body that is not valid protobuf becomes INVALID_ARGUMENT, the
    project's errors their gRPC codes, anything else a generic INTERNAL (logged with its
    traceback, never sent), and the call's latency is recorded.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import logging
 import time
@@ -203,15 +206,31 @@ class Lifecycle:
             self.idle.set()
 
 
+# The bytes of the request message this call holds against the budget. grpc.aio parses a
+# request and then runs its handler in the same task, so what the parser sets here the
+# handler's admission reads, and gives back when the call ends.
+_held_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("held_bytes", default=0)
+_OVER_BUDGET = object()  # what a request parses to when its bytes do not fit the budget
+
+
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     """Refuses new calls while draining or at the concurrency cap, before the request is
     parsed, with a handler built once: an overloaded gateway mostly refuses, and a refusal
-    then costs what grpc.aio itself costs, whatever the request's size."""
+    then costs what grpc.aio itself costs, whatever the request's size. With
+    ``request_bytes``, the request messages of all admitted calls may hold at most that many
+    bytes together: a call count alone does not bound memory when each request may be
+    large."""
 
     def __init__(
-        self, lifecycle: Lifecycle, max_inflight: int, outcomes: Outcomes, per_connection: int = 0
+        self,
+        lifecycle: Lifecycle,
+        max_inflight: int,
+        outcomes: Outcomes,
+        per_connection: int = 0,
+        request_bytes: int = 0,
     ):
         self.lifecycle, self.max_inflight, self.outcomes = lifecycle, max_inflight, outcomes
+        self.request_bytes, self.held_bytes = request_bytes, 0
         # One connection may hold at most this many of the slots, so no single caller can
         # take them all (0: half of them; behind a proxy that funnels every caller through
         # one connection, set it to max_inflight).
@@ -250,39 +269,78 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             return self._refusals[key]
         admitted = self._admitted.get(details.method)
         if admitted is None:
-            admitted = self._admitted[details.method] = _wrap(handler, self._admit(method))
+            admitted = self._admitted[details.method] = _wrap(
+                handler, self._admit(method), parse=self._budgeted(handler.request_deserializer)
+            )
         return admitted
+
+    def _budgeted(self, deserializer):
+        """``deserializer`` that first takes the request's bytes from the budget, or parses
+        nothing when they do not fit (the handler then refuses)."""
+        if not self.request_bytes or deserializer is None:
+            return deserializer
+
+        def parse(data: bytes):
+            n = len(data)
+            if self.held_bytes + n > self.request_bytes:
+                _held_bytes.set(-n)  # refused: nothing held, the size kept for the message
+                return _OVER_BUDGET
+            self.held_bytes += n
+            _held_bytes.set(n)
+            try:
+                return deserializer(data)
+            except BaseException:
+                self.held_bytes -= n
+                _held_bytes.set(0)
+                raise
+
+        return parse
+
+    def _over_budget(self, n: int) -> str:
+        return (
+            f"this request's {n} bytes do not fit: the gateway already holds {self.held_bytes} "
+            f"bytes of requests in flight, its limit is {self.request_bytes} "
+            "(--request-memory-mb); retry with backoff"
+        )
 
     def _admit(self, method: str):
         @contextlib.asynccontextmanager
         async def admitted(request, context):
-            # Checked again: calls that passed intercept_service together can overshoot.
-            code = self._verdict()
-            if code is not None:
-                self.outcomes.count(method, code)
-                await context.abort(getattr(grpc.StatusCode, code), self.details(code))
-            peer = context.peer() or ""
-            held = self._by_peer.get(peer, 0)
-            if held >= self.per_connection:
-                self.outcomes.count(method, "RESOURCE_EXHAUSTED")
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this connection already has {held} calls in flight, its share of the "
-                    f"gateway's {self.max_inflight}; wait for them or retry with backoff",
-                )
-            self._by_peer[peer] = held + 1
-            self.lifecycle.enter()
-            self.outcomes.metrics.inflight.inc()
+            n = _held_bytes.get()
             try:
-                yield
+                if request is _OVER_BUDGET:
+                    self.outcomes.count(method, "RESOURCE_EXHAUSTED")
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over_budget(-n))
+                # Checked again: calls that passed intercept_service together can overshoot.
+                code = self._verdict()
+                if code is not None:
+                    self.outcomes.count(method, code)
+                    await context.abort(getattr(grpc.StatusCode, code), self.details(code))
+                peer = context.peer() or ""
+                held = self._by_peer.get(peer, 0)
+                if held >= self.per_connection:
+                    self.outcomes.count(method, "RESOURCE_EXHAUSTED")
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"this connection already has {held} calls in flight, its share of the "
+                        f"gateway's {self.max_inflight}; wait for them or retry with backoff",
+                    )
+                self._by_peer[peer] = held + 1
+                self.lifecycle.enter()
+                self.outcomes.metrics.inflight.inc()
+                try:
+                    yield
+                finally:
+                    self.lifecycle.leave()
+                    self.outcomes.metrics.inflight.dec()
+                    left = self._by_peer[peer] - 1
+                    if left:
+                        self._by_peer[peer] = left
+                    else:
+                        del self._by_peer[peer]
             finally:
-                self.lifecycle.leave()
-                self.outcomes.metrics.inflight.dec()
-                left = self._by_peer[peer] - 1
-                if left:
-                    self._by_peer[peer] = left
-                else:
-                    del self._by_peer[peer]
+                if n > 0:
+                    self.held_bytes -= n
 
         return admitted
 

@@ -27,7 +27,7 @@ from vaegan.service.interceptors import (
 )
 from vaegan.service.metrics import Metrics
 from vaegan.service.servicer import LatentServicer
-from vaegan.service.settings import Settings
+from vaegan.service.settings import MiB, Settings
 from vaegan.v1 import vaegan_pb2_grpc
 
 log = logging.getLogger("vaegan.service")
@@ -36,7 +36,7 @@ log = logging.getLogger("vaegan.service")
 def make_backend(s: Settings, metrics: Metrics) -> Backend:
     names = {"encoder": s.encoder_model, "decoder": s.decoder_model}
     if s.triton_url:
-        return TritonBackend(s.triton_url, names, s.model_version, metrics, s.max_message_bytes)
+        return TritonBackend(s.triton_url, names, s.model_version, metrics)
     if s.model_repository:
         return OnnxBackend(s.model_repository, names, s.model_version, metrics)
     raise VaeganError(
@@ -129,8 +129,9 @@ async def start(s: Settings) -> Running:
         log.warning("backend not ready at start: %s", e)
     core = LatentCore(backend, s, metrics)
     options = [
-        ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.max_receive_message_length", s.max_message_bytes),
+        # identity only (bit 0) unless compressed requests are accepted (identity, deflate, gzip)
+        ("grpc.compression_enabled_algorithms_bitset", 0b111 if s.compressed_requests else 0b1),
         ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(s.grace_s * 1000)),
         ("grpc.max_concurrent_streams", s.max_streams_per_connection),
@@ -143,7 +144,13 @@ async def start(s: Settings) -> Running:
     tokens = s.tokens()
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *([AuthInterceptor(tokens, outcomes)] if tokens else []),
-        AdmissionInterceptor(lifecycle, s.max_inflight, outcomes, s.max_inflight_per_connection),
+        AdmissionInterceptor(
+            lifecycle,
+            s.max_inflight,
+            outcomes,
+            s.max_inflight_per_connection,
+            s.request_memory_mb * MiB,
+        ),
         StatusInterceptor(outcomes, s.max_call_s),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)

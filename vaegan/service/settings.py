@@ -60,7 +60,17 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_steps: int = 256
     max_frames: int = 1024
-    max_message_bytes: int = 64 * MiB
+    # The largest request message, counted after decompression. Responses are bounded by
+    # max_items and max_frames instead (their size is ours, not the caller's).
+    max_message_bytes: int = 16 * MiB
+    # Bytes the request messages of all calls in flight may hold together: past it,
+    # RESOURCE_EXHAUSTED before the request is parsed. The in-flight cap alone would let
+    # max_inflight large requests stack up.
+    request_memory_mb: int = 128
+    # Requests compressed with gzip or deflate. Off, gRPC refuses them with UNIMPLEMENTED
+    # before inflating the body: images are already compressed and embeddings barely
+    # compress, while a small compressed body can inflate to max_message_bytes.
+    compressed_requests: bool = False
     backend_timeout_s: float = 30.0  # per backend call when the caller set no deadline
     decode_threads: int = 2  # image decoding runs off the event loop
     # Bytes all image decodes in flight may take together (estimated from each image's
@@ -93,6 +103,12 @@ class Settings:
                 raise VaeganError(f"--{name.replace('_', '-')} must be at least 1")
         if self.decode_memory_mb < 1:
             raise VaeganError("--decode-memory-mb must be at least 1")
+        if self.request_memory_mb * MiB < self.max_message_bytes:
+            raise VaeganError(
+                f"--request-memory-mb {self.request_memory_mb} is smaller than "
+                f"--max-message-bytes {self.max_message_bytes}: the largest request allowed "
+                "could never be admitted"
+            )
         if self.max_batch_size > self.max_queue:
             raise VaeganError(
                 f"--max-batch-size {self.max_batch_size} is larger than --max-queue "
@@ -147,6 +163,9 @@ HELP = {
     "max_call_s": "the server's limit on any call's duration, with or without a client deadline",
     "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from headers",
     "max_request_pixels": "pixels all images of one request may have together",
+    "max_message_bytes": "largest request message in bytes, after decompression",
+    "request_memory_mb": "MiB the request messages of all calls in flight may hold together",
+    "compressed_requests": "accept gzip/deflate-compressed requests (true/false; off: UNIMPLEMENTED)",
 }
 
 
