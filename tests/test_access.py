@@ -3,8 +3,6 @@ make at run time. Real gRPC over loopback, embedded backend."""
 
 from __future__ import annotations
 
-import datetime
-
 import grpc
 import numpy as np
 import pytest
@@ -18,69 +16,6 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token-for-tests"
-
-
-def _cert(name, issuer_name=None, issuer_key=None, ca=False):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name or subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    cert = builder.sign(issuer_key or key, hashes.SHA256())
-    return cert, key
-
-
-def _pem(cert, key):
-    from cryptography.hazmat.primitives import serialization
-
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _cert("vaegan test CA", ca=True)
-    server, server_key = _cert("localhost", ca.subject, ca_key)
-    client, client_key = _cert("a-client", ca.subject, ca_key)
-    rogue_ca, rogue_key = _cert("someone else's CA", ca=True)
-    rogue, rogue_client_key = _cert("rogue", rogue_ca.subject, rogue_key)
-    files = {}
-    for name, (c, k) in {
-        "ca": (ca, ca_key),
-        "server": (server, server_key),
-        "client": (client, client_key),
-        "rogue": (rogue, rogue_client_key),
-    }.items():
-        cert_pem, key_pem = _pem(c, k)
-        (d / f"{name}.pem").write_bytes(cert_pem)
-        (d / f"{name}.key").write_bytes(key_pem)
-        files[name] = (cert_pem, key_pem)
-    files["dir"] = d
-    return files
 
 
 def _code(fn):

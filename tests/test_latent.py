@@ -119,6 +119,19 @@ def test_a_directions_file_from_another_version_is_refused(own_repo, discs_and_s
     assert list(store.load_directions(own_repo, "1")) == ["round"]
 
 
+@pytest.mark.parametrize(
+    "name", ['<img src=x onerror="alert(1)">', "a b", "dim3", "x" * 65, "_hidden", ""]
+)
+def test_a_direction_name_that_is_not_a_plain_word_is_refused_where_it_is_made(
+    own_repo, discs_and_squares, capsys, name
+):
+    discs, squares = discs_and_squares
+    args = ["attributes", "add", name, "--with", str(discs), "--without", str(squares)]
+    assert main([*args, "--repository", str(own_repo)]) == 2
+    assert "a letter, then letters, digits" in capsys.readouterr().err
+    assert not (own_repo / "vaegan_decoder" / "1" / "directions.json").exists()
+
+
 def test_too_few_images_exit_2_and_write_nothing(own_repo, discs_and_squares, tmp_path, capsys):
     discs, _ = discs_and_squares
     few = tmp_path / "few"

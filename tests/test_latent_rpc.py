@@ -215,6 +215,25 @@ def test_directions_of_another_model_version_are_refused_not_used(stub, latent_r
     assert len(r.images) == 1
 
 
+def test_a_stored_direction_named_like_markup_is_refused_and_its_file_not_echoed(stub, latent_repo):
+    path = latent_repo / "vaegan_decoder" / "1" / store.DIRECTIONS_FILE
+    original = path.read_text()
+    data = json.loads(original)
+    payload = "<script>" + "x" * 500 + "</script>"  # as a person editing the file might
+    data["directions"][payload] = {**data["directions"]["round"], "name": payload}
+    path.write_text(json.dumps(data))
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ListAttributes(pb.ListAttributesRequest(), timeout=30)
+        details = e.value.details()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, details
+        assert "directions.json of version 1" in details and "a letter, then letters" in details
+        assert str(latent_repo) not in details and len(details) < 400  # no path, bounded echo
+    finally:
+        path.write_text(original)
+    assert stub.ListAttributes(pb.ListAttributesRequest(), timeout=30).attributes
+
+
 def test_streamed_interpolation_sends_the_same_frames_in_order(stub):
     rng = np.random.default_rng(4)
     keys = [_emb(v) for v in rng.standard_normal((3, 16))]

@@ -4,6 +4,7 @@ browser (Debian's chromium driven by playwright-core, no browser download)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,25 +21,41 @@ from vaegan.service.settings import Settings
 BROWSER_DIR = Path(__file__).with_name("browser")
 
 
+ACCESS = "page-token-for-tests"  # the playground's own access token
+GATEWAY_TOKEN = "gateway-token-for-tests"
+AUTH = {"Authorization": f"Bearer {ACCESS}"}
+
+
 @pytest.fixture(scope="module")
-def playground(latent_repo):
-    """The gateway (embedded backend, the latent_rpc repository with its directions) and
-    `vaegan playground` in front of it, as a separate process."""
-    with GatewayThread(Settings(model_repository=str(latent_repo))) as gw:
+def playground(latent_repo, pki):
+    """The gateway (embedded backend, the latent_rpc repository with its directions) behind
+    mutual TLS and a bearer token, and `vaegan playground` in front of it as a separate
+    process, reaching it with a client certificate and the token, with its own access token."""
+    d = pki["dir"]
+    settings = Settings(
+        model_repository=str(latent_repo),
+        tls_cert=str(d / "server.pem"),
+        tls_key=str(d / "server.key"),
+        tls_client_ca=str(d / "ca.pem"),
+        auth_tokens=GATEWAY_TOKEN,
+    )
+    with GatewayThread(settings) as gw:
         port = free_port()
+        flags = {
+            "--target": f"localhost:{gw.settings.port}",
+            "--tls-ca": d / "ca.pem",
+            "--tls-cert": d / "client.pem",
+            "--tls-key": d / "client.key",
+            "--port": port,
+            "--allowed-host": "playground.test",
+        }
+        env = dict(os.environ, VAEGAN_TOKEN=GATEWAY_TOKEN, VAEGAN_PLAYGROUND_TOKEN=ACCESS)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vaegan.cli",
-                "playground",
-                "--target",
-                gw.target,
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "vaegan.cli", "playground"]
+            + [str(x) for kv in flags.items() for x in kv],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -49,20 +66,25 @@ def playground(latent_repo):
             proc.wait(timeout=10)
 
 
-def _get(url):
-    try:
-        return json.loads(urllib.request.urlopen(url, timeout=5).read())
-    except (urllib.error.URLError, ConnectionError):
-        return None
-
-
-def _post(url, data: bytes, content_type="application/octet-stream"):
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+def _request(url, data: bytes | None = None, headers: dict | None = None):
+    req = urllib.request.Request(url, data=data, headers={**AUTH, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def _get(url):
+    try:
+        status, body = _request(url)
+    except (urllib.error.URLError, ConnectionError):
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def _post(url, data: bytes, content_type="application/octet-stream", **headers):
+    return _request(url, data, {"Content-Type": content_type, **headers})
 
 
 def test_playground_api_reports_the_model_and_its_directions(playground):
@@ -98,6 +120,74 @@ def test_playground_api_edit_and_walk(playground, latent_repo):
     assert status == 200 and [f["index"] for f in frames] == [0, 1, 2, 3, 4]
 
 
+def test_playground_api_needs_its_access_token(playground):
+    for token in (None, "Bearer wrong"):
+        req = urllib.request.Request(
+            playground + "/api/info", headers={"Authorization": token} if token else {}
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401
+        assert "#token=" in json.loads(e.value.read())["error"]
+    page = urllib.request.urlopen(playground + "/", timeout=10)  # the page itself holds no data
+    assert page.status == 200
+
+
+def test_playground_refuses_other_hosts_and_cross_site_origins(playground):
+    port = playground.rsplit(":", 1)[1]
+    # DNS rebinding: a page of the attacker's name that resolves to this address.
+    status, body = _request(playground + "/api/info", headers={"Host": f"evil.example:{port}"})
+    assert status == 403 and "--allowed-host" in json.loads(body)["error"]
+    for host in (f"localhost:{port}", f"playground.test:{port}", f"[::1]:{port}"):
+        assert _request(playground + "/api/info", headers={"Host": host})[0] == 200, host
+    status, body = _post(
+        playground + "/api/edit",
+        json.dumps({"embedding": [0.0] * 16, "weights": {}}).encode(),
+        "application/json",
+        Origin="http://evil.example",
+    )
+    assert status == 403 and "cross-origin" in json.loads(body)["error"]
+    same = {"Origin": playground}
+    status, _ = _post(
+        playground + "/api/edit",
+        json.dumps({"embedding": [0.0] * 16, "weights": {}}).encode(),
+        "application/json",
+        **same,
+    )
+    assert status == 200
+
+
+def test_playground_takes_only_json_or_image_bodies(playground):
+    # The content types a cross-site form may send without a CORS preflight.
+    for path, kind in (
+        ("/api/edit", "text/plain"),
+        ("/api/interpolate", "application/x-www-form-urlencoded"),
+        ("/api/encode", "multipart/form-data; boundary=x"),
+        ("/api/encode", "text/plain"),
+    ):
+        status, body = _post(playground + path, b"{}", kind)
+        assert status == 415 and "expected" in json.loads(body)["error"], (path, kind)
+
+
+@pytest.mark.parametrize(
+    "path, body, says",
+    [
+        ("/api/edit", b"[1, 2]", "JSON object"),
+        ("/api/edit", b"{not json", "not valid JSON"),
+        ("/api/edit", b'{"embedding": [0], "weights": [1]}', "weights"),
+        ("/api/edit", b'{"embedding": "abc", "weights": {}}', "embedding"),
+        ("/api/interpolate", b'{"a": [0], "b": [0], "steps": "many"}', "steps"),
+        ("/api/interpolate", b'{"a": [0], "b": [true], "steps": 3}', "b: expected"),
+    ],
+)
+def test_playground_answers_a_malformed_body_with_400_and_what_it_expected(
+    playground, path, body, says
+):
+    status, answer = _post(playground + path, body, "application/json")
+    assert status == 400, answer
+    assert says in json.loads(answer)["error"]
+
+
 def _browser_missing() -> str | None:
     if not shutil.which("chromium"):
         return "Debian's chromium is not installed (apt-get install chromium)"
@@ -118,7 +208,7 @@ def test_playground_page_in_a_real_browser(playground, latent_repo, tmp_path):
         [
             "node",
             str(BROWSER_DIR / "playground.mjs"),
-            playground,
+            f"{playground}/#token={ACCESS}",
             str(discs[0]),
             str(discs[1]),
             str(junk),
@@ -139,6 +229,10 @@ def test_playground_page_in_a_real_browser(playground, latent_repo, tmp_path):
     assert seen["walk_caption"] == "frame 16 of 16"
     assert all(w == 32 for w in seen["images_loaded"])  # every picture on the page decoded
     assert seen["console_errors"] == []
+    assert not seen["token_left_in_url"]  # taken from the fragment, then dropped from the URL
+    payload = '<img src=x onerror="window.__xss = 1">'
+    assert payload in seen["xss_label_texts"]  # shown as text
+    assert seen["xss_images_in_sliders"] == 0 and not seen["xss_ran"]
     assert shot.stat().st_size > 10_000
     keep = Path(__file__).resolve().parent.parent / "outputs" / "playground.png"
     keep.parent.mkdir(exist_ok=True)

@@ -19,6 +19,21 @@ import numpy as np
 from vaegan.errors import InvalidInput, NotFound
 
 MIN_SET = 8  # fewer images per side give a direction dominated by the particular images
+# A direction's name is a key in requests and is shown in pages and logs: plain words only,
+# never markup. dimN names the raw latent axes.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+AXIS = re.compile(r"dim[0-9]{1,6}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if a direction may have it, else InvalidInput saying what may."""
+    if not NAME.fullmatch(name) or AXIS.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise InvalidInput(
+            f"direction name {shown!r}: a letter, then letters, digits, '_', '.' or '-', at "
+            "most 64 characters, and not dim<N> (the raw latent axes)"
+        )
+    return name
 
 
 @dataclass
@@ -33,6 +48,10 @@ class Direction:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def __post_init__(self) -> None:
+        if self.kind != "dimension":  # axes are made here, named dimN
+            check_name(self.name)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Direction:
@@ -134,7 +153,7 @@ def axis(index: int, latent_dim: int) -> Direction:
 
 def lookup(directions: dict[str, Direction], name: str, latent_dim: int | None = None) -> Direction:
     """A stored direction, or ``dimN`` (any model's raw latent axes, when its size is given)."""
-    if name not in directions and latent_dim is not None and re.fullmatch(r"dim[0-9]{1,6}", name):
+    if name not in directions and latent_dim is not None and AXIS.fullmatch(name):
         return axis(int(name[3:]), latent_dim)
     if name not in directions:
         known = ", ".join(sorted(directions)) or "none"

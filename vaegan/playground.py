@@ -5,16 +5,27 @@ no build step) and a JSON API that calls the gateway over gRPC, so the page sees
 what other services see: the same model version, limits and error messages.
 
     GET  /api/info         model version, image size, the version's directions
-    POST /api/encode       image bytes -> embedding + reconstruction (PNG data URL)
-    POST /api/edit         {embedding, weights} -> edited image + embedding
-    POST /api/interpolate  {a, b, steps} -> NDJSON, one frame per line as it is decoded
+    POST /api/encode       image bytes (image/png, image/jpeg) -> embedding + reconstruction
+    POST /api/edit         JSON {embedding, weights} -> edited image + embedding
+    POST /api/interpolate  JSON {a, b, steps} -> NDJSON, one frame per line as it is decoded
+
+The page drives a gateway with the operator's token, so the API only answers the page:
+a ``Host`` that is an IP literal, ``localhost`` or an allowed name (a DNS-rebinding page has
+its own name), an ``Origin``, when sent, of that same host (a cross-site page's fetch or
+form), and bodies of the declared types only (those cannot be sent cross-site without a
+CORS preflight, which is never answered). With an access token, every API call must carry
+it (the page takes it from its URL's ``#token=`` fragment, which is never sent to servers).
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
+import ipaddress
 import json
+import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
@@ -22,8 +33,10 @@ from aiohttp import web
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
+log = logging.getLogger("vaegan.playground")
 PAGE = Path(__file__).with_name("playground.html")
 MAX_UPLOAD = 8 * 1024 * 1024
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "application/octet-stream"})
 
 # gRPC status -> HTTP status for the page (the gRPC message is shown as is).
 HTTP_STATUS = {
@@ -51,21 +64,123 @@ def _grpc_error(e: grpc.aio.AioRpcError) -> web.Response:
     )
 
 
+class BadRequest(Exception):
+    """The caller's request is not what the API takes; the message says what is."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "BAD_REQUEST"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _refuse(e: BadRequest) -> web.Response:
+    return web.json_response({"error": str(e), "code": e.code}, status=e.status)
+
+
 @web.middleware
 async def errors(request: web.Request, handler):
     try:
         return await handler(request)
     except grpc.aio.AioRpcError as e:
         return _grpc_error(e)
-    except (ValueError, KeyError, TypeError) as e:  # malformed JSON from a caller
-        return web.json_response({"error": f"bad request: {e}", "code": "BAD_REQUEST"}, status=400)
+    except BadRequest as e:
+        return _refuse(e)
+    except web.HTTPException:
+        raise
+    except Exception:  # a fault of ours: the caller gets no trace, the log gets one
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal error; the playground's log has the details", "code": "INTERNAL"},
+            status=500,
+        )
+
+
+def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    """An IP literal, localhost or a name in ``allowed``: a DNS-rebinding page reaches us
+    under its own name, never one of these."""
+    name = urlsplit("//" + host).hostname or ""
+    if name in allowed or name == "localhost" or "*" in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def guard(allowed_hosts: frozenset[str], access_token: str | None):
+    """Host, Origin, body type and access-token checks of every API call."""
+    expected = f"Bearer {access_token}".encode() if access_token else None
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        try:
+            if not _host_allowed(request.host, allowed_hosts):
+                raise BadRequest(
+                    f"Host {request.host!r} is not served here; start the playground with "
+                    "--allowed-host NAME to serve it under that name",
+                    403,
+                    "FORBIDDEN",
+                )
+            origin = request.headers.get("Origin")
+            if origin is not None and urlsplit(origin).netloc != request.host:
+                raise BadRequest(f"cross-origin request from {origin!r} refused", 403, "FORBIDDEN")
+            if request.path.startswith("/api/"):
+                if expected is not None:
+                    given = request.headers.get("Authorization", "").encode()
+                    if not hmac.compare_digest(given, expected):
+                        raise BadRequest(
+                            "missing or wrong access token: open the page as "
+                            "http://HOST:PORT/#token=<the playground's --access-token>",
+                            401,
+                            "UNAUTHENTICATED",
+                        )
+                if request.method == "POST":
+                    want = IMAGE_TYPES if request.path == "/api/encode" else {"application/json"}
+                    if request.content_type not in want:
+                        raise BadRequest(
+                            f"Content-Type {request.content_type!r}: expected "
+                            + " or ".join(sorted(want)),
+                            415,
+                            "UNSUPPORTED_MEDIA_TYPE",
+                        )
+        except BadRequest as e:
+            return _refuse(e)
+        return await handler(request)
+
+    return check
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _vector(body: dict, key: str) -> pb.Embedding:
+    values = body.get(key)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise BadRequest(f"{key}: expected a list of numbers")
+    return _embedding(values)
 
 
 class Playground:
-    def __init__(self, target: str, token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.target = target
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.timeout = timeout
+        self.credentials = credentials
 
     def _call(self, method, request):
         return method(request, timeout=self.timeout, metadata=self.metadata)
@@ -113,9 +228,14 @@ class Playground:
         )
 
     async def edit(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        weights = {str(k): float(v) for k, v in body["weights"].items() if float(v) != 0}
-        source = pb.Keyframe(embedding=_embedding(body["embedding"]))
+        body = await _json(request)
+        given = body.get("weights", {})
+        if not isinstance(given, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in given.values()
+        ):
+            raise BadRequest("weights: expected an object of direction name -> number")
+        weights = {k: float(v) for k, v in given.items() if v != 0}
+        source = pb.Keyframe(embedding=_vector(body, "embedding"))
         if not weights:  # nothing to move: the plain decoding
             r = await self._call(
                 self.stub.Generate,
@@ -128,10 +248,12 @@ class Playground:
         )
 
     async def interpolate(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _json(request)
+        steps = body.get("steps", 16)
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 2**31:
+            raise BadRequest("steps: expected a whole number of frames between a and b")
         req = pb.InterpolateRequest(
-            keyframes=[pb.Keyframe(embedding=_embedding(body[k])) for k in ("a", "b")],
-            steps=int(body.get("steps", 16)),
+            keyframes=[pb.Keyframe(embedding=_vector(body, k)) for k in ("a", "b")], steps=steps
         )
         call = self._call(self.stub.InterpolateStream, req)
         first = await call.read()  # errors (bad steps...) surface before the stream starts
@@ -149,16 +271,32 @@ class Playground:
 
     async def open(self, app: web.Application) -> None:
         # A grpc.aio channel belongs to the event loop it is created on: the app's.
-        self.channel = grpc.aio.insecure_channel(self.target)
+        if self.credentials is not None:
+            self.channel = grpc.aio.secure_channel(self.target, self.credentials)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target)
         self.stub = pb_grpc.LatentServiceStub(self.channel)
 
     async def close(self, app: web.Application) -> None:
         await self.channel.close()
 
 
-def make_app(target: str, token: str | None = None) -> web.Application:
-    pg = Playground(target, token)
-    app = web.Application(middlewares=[errors], client_max_size=MAX_UPLOAD + 1024)
+def make_app(
+    target: str,
+    token: str | None = None,
+    *,
+    timeout: float = 30.0,
+    allowed_hosts: frozenset[str] = frozenset(),
+    access_token: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> web.Application:
+    """``token``: the gateway's bearer token; ``access_token``: the page's own, which every
+    API call must carry; ``allowed_hosts``: names besides IP literals and localhost this is
+    served under ("*": any); ``credentials``: TLS for the gateway channel."""
+    pg = Playground(target, token, timeout, credentials)
+    app = web.Application(
+        middlewares=[guard(allowed_hosts, access_token), errors], client_max_size=MAX_UPLOAD + 1024
+    )
     app.router.add_get("/", pg.page)
     app.router.add_get("/api/info", pg.info)
     app.router.add_post("/api/encode", pg.encode)
@@ -169,6 +307,7 @@ def make_app(target: str, token: str | None = None) -> web.Application:
     return app
 
 
-def run(target: str, host: str, port: int, token: str | None = None) -> None:
-    print(f"playground on http://{host}:{port}/ (gateway {target})", flush=True)
-    web.run_app(make_app(target, token), host=host, port=port, print=None)
+def run(target: str, host: str, port: int, **options) -> None:
+    access = "; open it with #token=<access token>" if options.get("access_token") else ""
+    print(f"playground on http://{host}:{port}/ (gateway {target}){access}", flush=True)
+    web.run_app(make_app(target, **options), host=host, port=port, print=None)

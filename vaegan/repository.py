@@ -125,7 +125,7 @@ def identity(repo: Path, version: str) -> dict[str, str]:
             facts = json.loads(facts_path.read_text())
         except (OSError, ValueError):
             raise NotFound(
-                f"{facts_path} is missing or unreadable; export this version again"
+                f"{model}/{version}/{FACTS_FILE} is missing or unreadable; export this version again"
             ) from None
         digests.append(facts.get("onnx_sha256", ""))
     return model_identity(version, *digests)
@@ -138,7 +138,9 @@ def _read_bound(repo: Path, version: str, file: Path, remedy: str) -> dict | Non
     try:
         data = json.loads(file.read_text())
     except ValueError as e:
-        raise VaeganError(f"{file}: not valid JSON ({e})") from None
+        raise FailedPrecondition(
+            f"{file.name} of version {version} is not valid JSON (line {getattr(e, 'lineno', '?')}); {remedy}"
+        ) from None
     expected = identity(repo, version)
     if data.get("model") != expected:
         raise FailedPrecondition(
@@ -154,7 +156,12 @@ def load_directions(repo: str | Path, version: str) -> dict[str, Direction]:
     data = _read_bound(Path(repo), version, directions_path(repo, version), remedy)
     if data is None:
         return {}
-    return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
+    try:
+        return {name: Direction.from_dict(d) for name, d in data["directions"].items()}
+    except (VaeganError, KeyError, TypeError, AttributeError) as e:
+        # A file a person edited, or one written before names were checked: the server's
+        # problem, not the caller's, and its content is never echoed beyond the bad name.
+        raise FailedPrecondition(f"{DIRECTIONS_FILE} of version {version}: {e}; {remedy}") from None
 
 
 def prior_path(repo: str | Path, version: str) -> Path:
@@ -170,7 +177,7 @@ def load_prior(repo: str | Path, version: str) -> GaussianMixture | None:
     try:
         return GaussianMixture.from_dict(data["prior"])
     except (KeyError, VaeganError) as e:
-        raise VaeganError(f"{file}: {e}") from None
+        raise FailedPrecondition(f"{file.name} of version {version}: {e}") from None
 
 
 def prior_bytes(model: dict[str, str], mixture: GaussianMixture) -> bytes:

@@ -44,7 +44,24 @@ try {
   out.walk_caption = await page.textContent("#walkCaption");
   out.images_loaded = await page.$$eval("img.big", (xs) => xs.map((x) => x.complete && x.naturalWidth));
   out.console_errors = consoleErrors;
+  out.token_left_in_url = page.url().includes("token=");
   await page.screenshot({ path: shot, fullPage: true });
+
+  // A direction named like markup (as a hostile directions.json would have it) is shown as
+  // text: the server's answer is altered here, on its way to a second page.
+  const payload = '<img src=x onerror="window.__xss = 1">';
+  const xss = await browser.newPage();
+  await xss.route("**/api/info", async (route) => {
+    const response = await route.fetch();
+    const info = await response.json();
+    info.attributes.push({ name: payload, kind: "attribute", auc: 0.5, explained_variance: null });
+    await route.fulfill({ response, json: info });
+  });
+  await xss.goto(url);
+  await xss.waitForFunction(() => document.querySelectorAll("#sliders label").length > 0);
+  out.xss_label_texts = await xss.$$eval("#sliders label span", (xs) => xs.map((x) => x.textContent));
+  out.xss_images_in_sliders = await xss.$$eval("#sliders img", (xs) => xs.length);
+  out.xss_ran = await xss.evaluate(() => window.__xss === 1);
 } finally {
   await browser.close();
 }

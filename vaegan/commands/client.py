@@ -107,21 +107,27 @@ def register(sub) -> None:
     inf.set_defaults(func=info)
 
 
-def connect(a: argparse.Namespace):
-    from vaegan.client import LatentClient
+def token(a: argparse.Namespace) -> str | None:
+    return a.token or os.environ.get("VAEGAN_TOKEN") or None
+
+
+def tls(a: argparse.Namespace) -> dict:
+    """The connection flags' TLS material, as LatentClient takes it (empty: plaintext)."""
 
     def read(path):
         return Path(path).read_bytes() if path else None
 
-    return LatentClient(
-        a.target,
-        timeout=a.timeout,
-        token=a.token or os.environ.get("VAEGAN_TOKEN") or None,
-        tls=a.tls,
-        tls_ca=read(a.tls_ca),
-        client_cert=read(a.tls_cert),
-        client_key=read(a.tls_key),
+    if not (a.tls or a.tls_ca or a.tls_cert):
+        return {}
+    return dict(
+        tls=True, tls_ca=read(a.tls_ca), client_cert=read(a.tls_cert), client_key=read(a.tls_key)
     )
+
+
+def connect(a: argparse.Namespace):
+    from vaegan.client import LatentClient
+
+    return LatentClient(a.target, timeout=a.timeout, token=token(a), **tls(a))
 
 
 def _rpc(fn):

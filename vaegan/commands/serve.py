@@ -10,6 +10,7 @@ from vaegan.errors import VaeganError
 
 
 def register(sub) -> None:
+    from vaegan.commands.client import connection_flags
     from vaegan.service.settings import add_arguments
 
     sv = sub.add_parser(
@@ -43,12 +44,23 @@ def register(sub) -> None:
         "playground",
         help="a web page for exploring the served model: reconstructions, sliders, walks",
     )
-    pg.add_argument(
-        "--target", default="localhost:50051", help="the gateway (default localhost:50051)"
-    )
+    connection_flags(pg)  # how the playground reaches the gateway
     pg.add_argument("--host", default="127.0.0.1", help="address to serve the page on")
     pg.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
-    pg.add_argument("--token", default=None, help="bearer token for the gateway (or VAEGAN_TOKEN)")
+    pg.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page is served under (repeatable; IP addresses and localhost "
+        "always are; '*' = any, which gives up the DNS-rebinding check)",
+    )
+    pg.add_argument(
+        "--access-token",
+        default=None,
+        help="require this token on every API call (default: $VAEGAN_PLAYGROUND_TOKEN); "
+        "open the page as http://HOST:PORT/#token=TOKEN",
+    )
     pg.set_defaults(func=playground)
 
 
@@ -102,7 +114,27 @@ def triton(a: argparse.Namespace) -> int:
 
 
 def playground(a: argparse.Namespace) -> int:
+    import grpc
+
+    from vaegan.commands.client import tls, token
     from vaegan.playground import run
 
-    run(a.target, a.host, a.port, token=a.token or os.environ.get("VAEGAN_TOKEN"))
+    material = tls(a)
+    credentials = (
+        grpc.ssl_channel_credentials(
+            material["tls_ca"], material["client_key"], material["client_cert"]
+        )
+        if material
+        else None
+    )
+    run(
+        a.target,
+        a.host,
+        a.port,
+        token=token(a),
+        timeout=a.timeout,
+        allowed_hosts=frozenset(a.allowed_host),
+        access_token=a.access_token or os.environ.get("VAEGAN_PLAYGROUND_TOKEN") or None,
+        credentials=credentials,
+    )
     return 0

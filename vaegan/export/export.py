@@ -112,6 +112,11 @@ def export(
         require_tensorrt()  # fail before any work where there is no GPU
     repository = Path(repository)
     model, source = ckpt.load_model(checkpoint)
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    checkpoint_digest = digest.hexdigest()
     env: str | None = None  # the python backend's EXECUTION_ENV_PATH ('' = leave it out)
     if opts.backend == "python":
         env = opts.execution_env if opts.execution_env is not None else default_execution_env()
@@ -169,7 +174,10 @@ def export(
             files = {"model.onnx": onnx_bytes}
         facts = {
             "role": role,
-            "checkpoint": str(Path(checkpoint).resolve()),
+            # The file's name and digest, not its path: facts are served to callers
+            # (GetModelInfo), and the exporting machine's paths are nobody's business.
+            "checkpoint": Path(checkpoint).name,
+            "checkpoint_sha256": checkpoint_digest,
             "checkpoint_step": source.step,
             "dataset": source.dataset.get("name"),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -135,7 +135,9 @@ class OnnxBackend(Backend):
 
             path = self.repository / self.names[role] / version / "model.onnx"
             if not path.is_file():
-                raise Unavailable(f"{path} is missing")
+                raise Unavailable(
+                    f"{self.names[role]}/{version}/model.onnx is missing from the model repository"
+                )
             options = ort.SessionOptions()
             # Explicit, so ONNX Runtime keeps to the cores this process may use (its default
             # pins worker threads to every core of the machine).
