@@ -100,6 +100,22 @@ def test_tokens_from_the_environment_are_never_shown_in_the_start_up_line():
     assert "abc" not in s.describe() and "auth=2 tokens" in s.describe()
 
 
+def test_reflection_needs_a_token_when_the_service_does(repo):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    settings = Settings(model_repository=str(repo), auth_tokens=TOKEN)
+    with GatewayThread(settings) as gw:
+        r = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(gw.target))
+
+        def services(metadata=None):
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            (answer,) = r.ServerReflectionInfo(iter([ask]), metadata=metadata, timeout=10)
+            return {s.name for s in answer.list_services_response.service}
+
+        assert _code(services) == grpc.StatusCode.UNAUTHENTICATED
+        assert "vaegan.v1.LatentService" in services([("authorization", f"Bearer {TOKEN}")])
+
+
 def test_reflection_can_be_turned_off(repo):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

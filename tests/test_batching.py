@@ -77,6 +77,35 @@ def test_cancelled_and_expired_items_are_dropped_before_inference():
     asyncio.run(scenario())
 
 
+def test_cancelled_and_expired_items_stop_counting_against_the_queue_bound_at_once():
+    async def scenario():
+        backend = GatedBackend()
+        b = _batcher(backend, max_queue=4)
+        blocker = asyncio.create_task(b.submit(np.ones((1, 1)), None))  # holds the only slot
+        await asyncio.sleep(0.01)
+        cancelled = asyncio.create_task(b.submit(np.ones((2, 1)), None))
+        expiring = asyncio.create_task(b.submit(np.ones((2, 1)), time.monotonic() + 0.02))
+        await asyncio.sleep(0.01)
+        refused = b.submit(np.ones((1, 1)), None)
+        with pytest.raises(ResourceExhausted):  # 4 items wait: the queue is full
+            refused.send(None)
+        cancelled.cancel()
+        # The deadline passes while the slot is still held: the caller hears at once.
+        with pytest.raises(DeadlineExceeded, match="while queued"):
+            await asyncio.wait_for(expiring, 1.0)
+        assert not backend.gate.is_set()
+        # Nobody waits for those 4 items any more, so 4 new ones fit while the slot is held.
+        fits = asyncio.create_task(b.submit(np.ones((4, 1)), None))
+        await asyncio.sleep(0.01)
+        assert not fits.done()  # queued, not refused
+        backend.gate.set()
+        await blocker
+        assert (await fits)[0]["out"].shape == (4, 1)
+        await b.close()
+
+    asyncio.run(scenario())
+
+
 def test_items_arriving_together_share_one_backend_call():
     async def scenario():
         backend = GatedBackend()

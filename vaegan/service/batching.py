@@ -5,8 +5,9 @@ while every slot is busy they accumulate, so batches grow with load. An item wai
 most ``max_wait`` for company once a slot is free, and batches hold up to ``max_batch``
 items; results are split back per request. The queue is bounded in items:
 past it ``submit`` raises RESOURCE_EXHAUSTED at once instead of growing latency. An item
-whose caller cancelled, or whose deadline passed, while it waited is dropped before
-inference.
+whose caller cancels, or whose deadline passes, while it waits leaves the queue at that
+moment (the caller gets DEADLINE_EXCEEDED then, not when a slot frees), so the queue's
+bound counts only items someone still waits for.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Item:
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None  # withdraws the item at its deadline
 
 
 class Batcher:
@@ -65,20 +67,51 @@ class Batcher:
             )
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}")
-        item = _Item(array, deadline, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(array, deadline, loop.create_future())
         self._queue.append(item)
         self._queued_items += n
         self.metrics.queue_depth.labels(self.model).set(self._queued_items)
+        if deadline is not None:
+            item.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, item)
         self._wakeup.set()
-        return await item.future  # cancelling this leaves item.future cancelled: dropped below
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._withdraw(item)  # the caller went away: its items stop counting now
+            raise
+        finally:
+            if item.timer is not None:
+                item.timer.cancel()
+
+    def _withdraw(self, item: _Item) -> bool:
+        """Take ``item`` out of the queue if it is still there (an item is counted in
+        ``_queued_items`` exactly while it is in ``_queue``)."""
+        try:
+            self._queue.remove(item)
+        except ValueError:  # already taken into a batch
+            return False
+        self._queued_items -= len(item.array)
+        self.metrics.queue_depth.labels(self.model).set(self._queued_items)
+        return True
+
+    def _expire(self, item: _Item) -> None:
+        if self._withdraw(item) and not item.future.done():
+            item.future.set_exception(
+                DeadlineExceeded(f"{self.model}: deadline passed while queued")
+            )
 
     async def _loop(self) -> None:
         while True:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
             # Take a backend slot first: while all are busy, the queue fills up by itself.
             await self._slots.acquire()
+            if not self._queue:  # every waiting item was withdrawn meanwhile
+                self._slots.release()
+                continue
             # With nothing else in flight, send at once; otherwise wait for company until the
             # oldest item has waited max_wait, or the batch is full.
             wait = (
@@ -91,6 +124,8 @@ class Batcher:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), wait)
                 except TimeoutError:
+                    break
+                if not self._queue:
                     break
                 wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
             batch, size = [], 0

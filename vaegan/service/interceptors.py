@@ -1,7 +1,7 @@
 """The gateway's server interceptors, one job each, in the order a call meets them:
 
-1. ``AuthInterceptor``: bearer tokens, before the request is parsed (health and reflection
-   stay open).
+1. ``AuthInterceptor``: bearer tokens, before the request is parsed, on the service and on
+   reflection (which describes the service to whoever may call it); health stays open.
 2. ``AdmissionInterceptor``: draining (UNAVAILABLE) and the concurrency cap
    (RESOURCE_EXHAUSTED), refused before parsing; admitted calls are counted in flight, and
    the bytes of their request messages are held against a budget (RESOURCE_EXHAUSTED past
@@ -34,6 +34,7 @@ _DESCRIPTOR = vaegan_pb2.DESCRIPTOR.services_by_name["LatentService"]
 SERVICE = _DESCRIPTOR.full_name
 METHODS = frozenset(m.name for m in _DESCRIPTOR.methods)
 PREFIX = f"/{SERVICE}/"
+REFLECTION_PREFIX = "/grpc.reflection."
 
 
 def method_label(full_method: str) -> str:
@@ -172,7 +173,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return False
 
     async def intercept_service(self, continuation, details):
-        if not details.method.startswith(PREFIX) or self._valid(details.invocation_metadata):
+        guarded = details.method.startswith((PREFIX, REFLECTION_PREFIX))
+        if not guarded or self._valid(details.invocation_metadata):
             return await continuation(details)
         method = method_label(details.method)
         # The handler's kind is not looked up for an unauthenticated caller: a unary refusal
