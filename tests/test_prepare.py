@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -44,6 +45,23 @@ def test_zoo_is_prepared_with_every_bad_file_skipped_and_counted(image_zoo, tmp_
     }
 
 
+def test_links_to_files_outside_the_image_folder_are_skipped_not_read(image_zoo, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(image_zoo, folder, symlinks=True)
+    secret = tmp_path / "elsewhere" / "private.png"
+    secret.parent.mkdir()
+    shutil.copy(image_zoo / "plain.png", secret)
+    (folder / "link_out.png").symlink_to(secret)
+    (folder / "link_in.png").symlink_to(folder / "plain.png")  # inside: read as usual
+    m = prepare(
+        folder, tmp_path / "ds", center_crop=True, max_pixels=100_000, workers=1, progress=False
+    )
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert reasons["link_out.png"] == "outside_folder"
+    assert "link_in.png" not in reasons
+    assert m["counts"]["found"] == 17 and m["counts"]["train"] + m["counts"]["val"] == 10
+
+
 def test_stored_images_are_exactly_what_serving_computes(image_zoo, tmp_path):
     # Regression: the original tool cropped differently in training and serving.
     prepare(
@@ -59,7 +77,7 @@ def test_stored_images_are_exactly_what_serving_computes(image_zoo, tmp_path):
     policy = CropPolicy("center", 0.75, 64)
     expected = {
         p.name: preprocess(p.read_bytes(), policy)
-        for p in find_images(image_zoo)
+        for p in find_images(image_zoo)[0]
         if p.name
         in {
             "photo.jpg",

@@ -45,9 +45,16 @@ class _Job:
     max_pixels: int
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Every .jpg/.jpeg/.png below ``folder`` (any case), sorted for a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+def find_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Every .jpg/.jpeg/.png below ``folder`` (any case), sorted for a stable order, and
+    apart those that are links to files outside it: what the folder's owner put there is
+    read, not whatever a link points at elsewhere on the machine."""
+    root = folder.resolve()
+    inside, outside = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in EXTENSIONS and p.is_file():
+            (inside if p.resolve().is_relative_to(root) else outside).append(p)
+    return inside, outside
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> np.ndarray:
@@ -98,7 +105,7 @@ def prepare(
     if out_dir.exists() and not overwrite:
         raise VaeganError(f"{out_dir} already exists; pass --overwrite to replace it")
     policy = CropPolicy("center" if center_crop else "random", fraction, size)
-    files = find_images(images_dir)
+    files, outside = find_images(images_dir)
     if not files:
         raise VaeganError(f"no .jpg, .jpeg or .png files found under {images_dir}")
     is_val = split_indices(len(files), val_fraction, seed)
@@ -108,7 +115,14 @@ def prepare(
     try:
         writers = {"train": RaggedWriter(tmp / "train"), "val": RaggedWriter(tmp / "val")}
         mean_sum = np.zeros((size, size, 3), np.float64)
-        skipped: list[dict[str, str]] = []
+        skipped: list[dict[str, str]] = [
+            {
+                "path": str(p.relative_to(images_dir)),
+                "reason": "outside_folder",
+                "detail": "a link to a file outside the image folder",
+            }
+            for p in outside
+        ]
         jobs = [
             _Job(
                 str(p),
@@ -162,7 +176,7 @@ def prepare(
             "seed": seed,
             "max_pixels": max_pixels,
             "counts": {
-                "found": len(files),
+                "found": len(files) + len(outside),
                 "train": n_train,
                 "val": n_val,
                 "skipped": len(skipped),
