@@ -466,6 +466,32 @@ def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tm
     assert "latent size is 16" in out[2]["error"]["message"]
 
 
+def test_batch_job_survives_lines_json_itself_chokes_on_and_keeps_order_over_many_lines(
+    gateway, tmp_path
+):
+    import json
+
+    from vaegan.batch_job import run_job
+
+    hostile = [
+        '{"embeddings": [' + "9" * 5000 + "]}",  # more digits than Python parses
+        "[" * 100_000 + "]" * 100_000,  # nesting deeper than the parser's recursion
+        '{"embeddings": [' + "1" + "0" * 400 + "]}",  # an integer beyond any float
+        '{"embeddings": [1e400]}',  # parses to inf
+        '{"embeddings": [true, false]}',  # booleans are not numbers
+        "\xff\xfe not text",
+    ]
+    good = [json.dumps({"embeddings": [0.0] * LATENT, "key": i}) for i in range(40)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(hostile + good) + "\n", errors="surrogateescape")
+    with LatentClient(gateway.target) as client:
+        counts = run_job(client, src, tmp_path / "out.jsonl", concurrency=3, progress=False)
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert counts == {"ok": 40, "errors": len(hostile)}
+    assert [o["error"]["code"] for o in out[: len(hostile)]] == ["INVALID_ARGUMENT"] * len(hostile)
+    assert [o["key"] for o in out[len(hostile) :]] == list(range(40))  # input order
+
+
 def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(repo):
     import signal
 

@@ -7,14 +7,17 @@ Output lines, in input order, carry the same key:
     {"key": "0", "image_png_b64": "...", "decoder_version": "2"}
     {"key": "1", "mu": [...], "logvar": [...], "encoder_version": "2"}
     {"key": "7", "error": {"code": "INVALID_ARGUMENT", "message": "..."}}
-A bad line gets an error line; the job goes on. Lines go out concurrently so the gateway
-can batch them.
+A bad line gets an error line, whatever is wrong with it; the job goes on. Lines go out
+concurrently so the gateway can batch them, and the input is read as it is sent: a job of
+any length holds only the lines in flight.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,16 +37,20 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
     stub, timeout, metadata = client.stub, client.timeout, client.metadata
     try:
         item = json.loads(line)
-    except json.JSONDecodeError as e:
-        return _error(None, "INVALID_ARGUMENT", f"not JSON: {e}")
+    except (ValueError, RecursionError) as e:  # not JSON, an integer of >4300 digits, nesting
+        return _error(None, "INVALID_ARGUMENT", f"not JSON this job can read: {str(e)[:200]}")
     if not isinstance(item, dict):
         return _error(None, "INVALID_ARGUMENT", "each line must be a JSON object")
     key = item.get("key")
+    if not (key is None or isinstance(key, str | int) and not isinstance(key, bool)):
+        key = None  # echoed as given only when it is a plain string or integer
     try:
         if "embeddings" in item:
             values = item["embeddings"]
-            if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
-                return _error(key, "INVALID_ARGUMENT", "embeddings must be a flat list of numbers")
+            if not isinstance(values, list) or not all(_finite_number(v) for v in values):
+                return _error(
+                    key, "INVALID_ARGUMENT", "embeddings must be a flat list of finite numbers"
+                )
             r = stub.Generate(
                 pb.GenerateRequest(
                     embeddings=pb.EmbeddingList(items=[pb.Embedding(values=values)])
@@ -79,6 +86,16 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
         return _error(key, e.code().name, e.details())
 
 
+def _finite_number(v) -> bool:
+    """A JSON number that is a finite float32 candidate (booleans are not numbers here)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def run_job(
     client: LatentClient,
     input_path: str | Path,
@@ -87,13 +104,27 @@ def run_job(
     concurrency: int = 16,
     progress: bool = True,
 ) -> dict[str, int]:
-    lines = [ln for ln in Path(input_path).read_text().splitlines() if ln.strip()]
     counts = {"ok": 0, "errors": 0}
-    with ThreadPoolExecutor(concurrency) as pool, open(output_path, "w") as out:
-        results = pool.map(lambda ln: run_line(client, ln), lines)
-        for result in tqdm(
-            results, total=len(lines), desc="batch job", unit="line", disable=not progress
-        ):
+    window = 2 * concurrency  # lines read ahead of the oldest one still running
+    with (
+        ThreadPoolExecutor(concurrency) as pool,
+        open(input_path, encoding="utf-8", errors="replace") as src,
+        open(output_path, "w") as out,
+        tqdm(desc="batch job", unit="line", disable=not progress) as bar,
+    ):
+        pending: deque = deque()
+
+        def write_oldest() -> None:
+            result = pending.popleft().result()
             counts["errors" if "error" in result else "ok"] += 1
             out.write(json.dumps(result) + "\n")
+            bar.update()
+
+        for line in src:
+            if line.strip():
+                pending.append(pool.submit(run_line, client, line))
+                if len(pending) >= window:
+                    write_oldest()
+        while pending:
+            write_oldest()
     return counts
