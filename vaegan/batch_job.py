@@ -42,7 +42,7 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         return _error(None, "INVALID_ARGUMENT", "each line must be a JSON object")
     key = item.get("key")
-    if not (key is None or isinstance(key, str | int) and not isinstance(key, bool)):
+    if not (key is None or (isinstance(key, str | int) and not isinstance(key, bool))):
         key = None  # echoed as given only when it is a plain string or integer
     try:
         if "embeddings" in item:
