@@ -438,6 +438,34 @@ def _kill_tritons(repo) -> None:
             os.killpg(int(pid), signal.SIGTERM)
 
 
+def test_many_png_frames_are_encoded_off_the_event_loop_and_few_or_raw_on_it(gateway, monkeypatch):
+    import threading
+
+    from vaegan.service import codecs
+
+    seen: list[tuple[int, str]] = []
+    real = codecs.encode_images
+
+    def recording(pixels, options):
+        seen.append((len(pixels), threading.current_thread().name))
+        return real(pixels, options)
+
+    monkeypatch.setattr(codecs, "encode_images", recording)
+    stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
+    keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * LATENT)) for v in (0.0, 1.0)]
+    walk = stub.Interpolate(pb.InterpolateRequest(keyframes=keys, steps=98), timeout=30)
+    assert len(walk.images) == 100 and walk.images[0].format == pb.IMAGE_FORMAT_PNG
+    off_loop = list(seen)
+    seen.clear()
+    stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=2)), timeout=30)  # PNG, few
+    raw = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+    stub.Generate(pb.GenerateRequest(sample=pb.Sample(count=64), output=raw), timeout=30)
+    assert sum(n for n, _ in off_loop) == 100
+    assert all(name.startswith("decode") for _, name in off_loop), off_loop
+    loop_thread = {name for _, name in seen}
+    assert len(loop_thread) == 1 and not loop_thread.pop().startswith("decode")
+
+
 def test_batch_job_answers_every_line_in_order_and_reports_bad_lines(gateway, tmp_path):
     import base64
     import json

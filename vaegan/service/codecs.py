@@ -35,7 +35,8 @@ def decode_image(data: bytes, policy: CropPolicy, field: str, max_pixels: int) -
         raise InvalidInput(f"{field}: {e}") from None
 
 
-FORMATS = (pb.IMAGE_FORMAT_PNG, pb.IMAGE_FORMAT_JPEG, pb.IMAGE_FORMAT_RAW)
+RAW = pb.IMAGE_FORMAT_RAW
+FORMATS = (pb.IMAGE_FORMAT_PNG, pb.IMAGE_FORMAT_JPEG, RAW)
 
 
 def output_options(options: pb.OutputOptions) -> tuple[int, int]:

@@ -59,6 +59,9 @@ class Decoded:
     weights: list[float] | None = None  # a sweep's weights, one per column
 
 
+INLINE_IMAGES = 4  # PNG/JPEG responses of up to this many images are encoded on the loop
+
+
 class LatentCore:
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
@@ -66,7 +69,8 @@ class LatentCore:
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
         self._decode_budget = ByteBudget(settings.decode_memory_mb << 20)
-        # Decoding is CPU work in C (Pillow releases the GIL): keep it off the event loop.
+        # Decoding and encoding images are CPU work in C (Pillow releases the GIL): keep them
+        # off the event loop, which must stay free for other calls and health checks.
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
@@ -137,6 +141,24 @@ class LatentCore:
         if deadline is None:
             return self.settings.backend_timeout_s
         return max(0.001, deadline - time.monotonic())
+
+    async def encode_images(self, pixels: np.ndarray, options) -> list:
+        """``pixels`` as response images: RAW and a few images on the event loop (a thread
+        hop would cost more than the work), more in the worker pool, in chunks that the pool's
+        threads share with decodes."""
+        fmt, _ = codecs.output_options(options)
+        if fmt == codecs.RAW or len(pixels) <= INLINE_IMAGES:
+            return codecs.encode_images(pixels, options)
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._decode_pool, codecs.encode_images, pixels[i : i + 64], options
+                )
+                for i in range(0, len(pixels), 64)
+            )
+        )
+        return [image for part in parts for image in part]
 
     async def close(self) -> None:
         for b in self._batchers.values():

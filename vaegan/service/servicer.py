@@ -64,7 +64,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         else:
             raise InvalidInput("source: set either embeddings or sample")
         return pb.GenerateResponse(
-            images=codecs.encode_images(out.pixels, request.output),
+            images=await self.core.encode_images(out.pixels, request.output),
             embeddings=codecs.to_embeddings(out.z),
             decoder_version=out.decoder_version,
         )
@@ -110,7 +110,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         z, dmeta, encoder_version = await self._path(request, deadline)
         out = await self.core.decode(dmeta, z, deadline)
         return pb.InterpolateResponse(
-            images=codecs.encode_images(out.pixels, request.output),
+            images=await self.core.encode_images(out.pixels, request.output),
             embeddings=codecs.to_embeddings(z),
             encoder_version=encoder_version,
             decoder_version=dmeta.version,
@@ -124,7 +124,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         chunk = max(1, min(16, self.core.settings.max_batch_size))
         for lo in range(0, len(z), chunk):
             part = await self.core.decode(dmeta, z[lo : lo + chunk], deadline)
-            images = codecs.encode_images(part.pixels, request.output)
+            images = await self.core.encode_images(part.pixels, request.output)
             for k, (image, emb) in enumerate(
                 zip(images, codecs.to_embeddings(part.z), strict=True)
             ):
@@ -168,7 +168,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             sweep=(sw.name, sw.low, sw.high, sw.steps) if request.HasField("sweep") else None,
         )
         return pb.EditResponse(
-            images=codecs.encode_images(out.pixels, request.output),
+            images=await self.core.encode_images(out.pixels, request.output),
             embeddings=codecs.to_embeddings(out.z),
             sweep_weights=out.weights or [],
             encoder_version=out.encoder_version,
@@ -180,7 +180,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         terms = {f: [_key(k) for k in getattr(request, f).items] for f in ("a", "b", "c")}
         out = await self.core.analogy(terms, request.model_version, _deadline(context))
         return pb.AnalogyResponse(
-            image=codecs.encode_images(out.pixels, request.output)[0],
+            image=(await self.core.encode_images(out.pixels, request.output))[0],
             embedding=codecs.to_embeddings(out.z)[0],
             encoder_version=out.encoder_version,
             decoder_version=out.decoder_version,
