@@ -19,7 +19,7 @@ from vaegan.errors import VaeganError
 from vaegan.export.export import export
 from vaegan.export.local_triton import LocalTriton, shm_regions
 from vaegan.export.options import ExportOptions
-from vaegan.host import descendants
+from vaegan.host import descendants, free_port
 from vaegan.service.process import gateway_process
 from vaegan.training.checkpoint import load_model
 from vaegan.training.model import from_pixels, to_pixels
@@ -167,6 +167,45 @@ def test_the_gateway_process_runs_in_its_own_session_on_the_cpus_it_was_given(se
     with gateway_process(server.grpc_url, cpus=one) as gw:
         assert os.getsid(gw.process.pid) == gw.process.pid != os.getsid(0)
         assert os.sched_getaffinity(gw.process.pid) == one
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_vaegan_triton_stopped_while_the_models_load_leaves_no_process_behind(served, tmp_path):
+    import subprocess
+    import time
+
+    server, _ = served
+    cmd = [sys.executable, "-m", "vaegan.cli", "triton", "--repository", str(server.repository)]
+    cmd += ["--log", str(tmp_path / "triton.log")]
+    for flag in ("--grpc-port", "--http-port", "--metrics-port"):
+        cmd += [flag, str(free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[int] = set()
+    try:
+        # vaegan -> tritonserver -> a python stub: stop it the moment a stub exists.
+        end = time.monotonic() + 60
+        while time.monotonic() < end and proc.poll() is None:
+            tree = descendants(proc.pid)
+            seen.update(tree)
+            if len(tree) >= 3:
+                break
+            time.sleep(0.02)
+        assert len(seen) >= 3, "no python stub started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "Triton ready" not in out  # it was stopped while loading
+    time.sleep(1.0)  # a stub that outlived Triton would still be here
+    assert not [pid for pid in seen if _alive(pid)]
 
 
 def test_a_killed_triton_leaves_no_shared_memory_behind(served, tmp_path):

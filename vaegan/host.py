@@ -66,6 +66,11 @@ def descendants(root: int) -> list[int]:
     return _tree(_processes(), root)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Living processes (zombies excluded) of process group ``pgid``."""
+    return [pid for pid, f in _processes().items() if int(f[2]) == pgid and f[0] != "Z"]
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of a process and all its living descendants."""
     procs = _processes()

@@ -98,9 +98,22 @@ def triton(a: argparse.Namespace) -> int:
         metrics_port=a.metrics_port,
         log_path=a.log,
     )
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if not ready.is_set():
+            raise KeyboardInterrupt  # out of start(): it stops what it started, stubs too
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    try:
+        server.start()
+        ready.set()
+    except KeyboardInterrupt:
+        server.stop()  # nothing left to stop unless start() had returned
+        print("stopped while Triton was loading the models", flush=True)
+        return 0
     with server:
         print(
             f"Triton ready: gRPC {server.grpc_url}, HTTP 127.0.0.1:{server.http_port}, "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaegan.errors import VaeganError
-from vaegan.host import free_port, pinned
+from vaegan.host import free_port, group_members, pinned
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,9 @@ class LocalTriton:
         log.close()
         try:
             self.wait_ready(timeout)
+        except BaseException:  # interrupted while the models load: stop what was started
+            self.stop()
+            raise
         finally:  # the stubs create their regions while the models load
             self.shared_memory = shm_regions() - before
             if self.process is None:  # wait_ready gave up and stopped it
@@ -239,6 +242,8 @@ class LocalTriton:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        if p is not None:
+            _kill_group(p.pid)
         self._remove_shared_memory()
 
     def _remove_shared_memory(self, wait: float = 2.0) -> None:
@@ -259,3 +264,15 @@ class LocalTriton:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _kill_group(pgid: int, wait: float = 5.0) -> None:
+    """Kill what is left of Triton's process group once Triton itself is gone: a python stub
+    starting while Triton was told to stop can miss its parent's end and stay alive."""
+    end = time.monotonic() + wait
+    while group_members(pgid) and time.monotonic() < end:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
