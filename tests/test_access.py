@@ -37,6 +37,30 @@ def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(repo, pki):
             assert _code(lambda: plain.generate(count=1)) == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_tls_gateway_can_answer_plaintext_health_probes_on_a_port_that_serves_nothing_else(
+    repo, pki
+):
+    from vaegan.host import free_port
+
+    d = pki["dir"]
+    health_port = free_port()
+    settings = Settings(
+        model_repository=str(repo),
+        tls_cert=str(d / "server.pem"),
+        tls_key=str(d / "server.key"),
+        tls_client_ca=str(d / "ca.pem"),
+        health_port=health_port,
+    )
+    with GatewayThread(settings):
+        channel = grpc.insecure_channel(f"127.0.0.1:{health_port}")
+        probe = health_pb2_grpc.HealthStub(channel)
+        ready = health_pb2.HealthCheckRequest(service="vaegan.v1.LatentService")
+        assert probe.Check(ready, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        stub = pb_grpc.LatentServiceStub(channel)
+        code = _code(lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10))
+        assert code == grpc.StatusCode.UNIMPLEMENTED  # the service itself stays behind TLS
+
+
 def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(repo, pki):
     d = pki["dir"]
     settings = Settings(

@@ -21,6 +21,7 @@ VALUE_FILES = {
     "default": {},
     "gpu-objectstore": yaml.safe_load((CHART / "ci" / "gpu-objectstore-values.yaml").read_text()),
     "single-replica": yaml.safe_load((CHART / "ci" / "single-replica-values.yaml").read_text()),
+    "secured": yaml.safe_load((CHART / "ci" / "secured-values.yaml").read_text()),
 }
 
 
@@ -100,7 +101,7 @@ def test_triton_is_locked_down_and_gets_a_gpu():
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
     assert triton["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert not find(docs, "PersistentVolumeClaim")  # the object store replaces the PVC
-    (policy,) = find(docs, "NetworkPolicy")
+    (policy,) = find(docs, "NetworkPolicy", "-triton")
     inference = policy["spec"]["ingress"][0]
     assert (
         inference["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
@@ -114,8 +115,9 @@ def test_gateway_probes_rollout_and_security_defaults():
     (gw,) = find(docs, "Deployment", "-gateway")
     spec = gw["spec"]["template"]["spec"]
     c = spec["containers"][0]
-    assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "vaegan.v1.LatentService"}
-    assert c["livenessProbe"]["grpc"]["port"] == 50051
+    # Probes use the plaintext health port, which serves nothing but grpc.health.v1.
+    assert c["readinessProbe"]["grpc"] == {"port": 8086, "service": "vaegan.v1.LatentService"}
+    assert c["livenessProbe"]["grpc"]["port"] == 8086
     assert gw["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["terminationGracePeriodSeconds"] > 20 + 5  # above drain + preStop
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
@@ -135,6 +137,83 @@ def test_gateway_probes_rollout_and_security_defaults():
     (hpa,) = find(docs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert find(docs, "Service", "-gateway-headless")[0]["spec"]["clusterIP"] == "None"
+
+
+def _env(container) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_gateway_tokens_and_tls_come_from_existing_secrets_mounted_as_files():
+    docs = render(
+        {
+            "gateway": {
+                "auth": {"existingSecret": "vaegan-tokens"},
+                "tls": {"existingSecret": "vaegan-tls", "clientAuth": True},
+            }
+        }
+    )
+    (gw,) = find(docs, "Deployment", "-gateway")
+    spec = gw["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = _env(c)
+    assert env["VAEGAN_AUTH_TOKENS_FILE"] == "/etc/vaegan/auth/tokens"
+    assert "VAEGAN_AUTH_TOKENS" not in env  # never a plain environment string
+    assert (env["VAEGAN_TLS_CERT"], env["VAEGAN_TLS_KEY"], env["VAEGAN_TLS_CLIENT_CA"]) == (
+        "/etc/vaegan/tls/tls.crt",
+        "/etc/vaegan/tls/tls.key",
+        "/etc/vaegan/tls/ca.crt",
+    )
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["auth"]["secret"]["secretName"] == "vaegan-tokens"
+    assert volumes["tls"]["secret"]["secretName"] == "vaegan-tls"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["auth"]["readOnly"] and mounts["tls"]["readOnly"]
+    assert c["readinessProbe"]["grpc"]["port"] == env_port(env)  # probes need no TLS
+    notes = helm.Chart.load(str(CHART)).render(
+        {"gateway": {"tls": {"existingSecret": "vaegan-tls"}}},
+        name="vaegan",
+        namespace="ml",
+        is_install=True,
+    )
+    text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
+    assert "-plaintext" not in text and "-cacert" in text and "--tls-ca" in text
+    plain = render({})
+    (gw,) = find(plain, "Deployment", "-gateway")
+    assert not {"VAEGAN_AUTH_TOKENS_FILE", "VAEGAN_TLS_CERT"} & set(
+        _env(gw["spec"]["template"]["spec"]["containers"][0])
+    )
+
+
+def env_port(env: dict[str, str]) -> int:
+    return int(env["VAEGAN_HEALTH_PORT"])
+
+
+def test_network_policies_deny_by_default_and_scope_metrics_to_the_scrapers():
+    docs = render(
+        {"networkPolicy": {"gatewayFrom": [{"podSelector": {"matchLabels": {"role": "api"}}}]}}
+    )
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(docs, "NetworkPolicy")}
+    deny = policies["vaegan-default-deny"]
+    assert deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    assert deny["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "vaegan"
+    gw = policies["vaegan-gateway"]["ingress"]
+    by_port = {r["ports"][0]["port"]: r.get("from") for r in gw}
+    assert by_port["grpc"] == [{"podSelector": {"matchLabels": {"role": "api"}}}]
+    scrapers = [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    assert by_port["metrics"] == scrapers
+    triton = policies["vaegan-triton"]["ingress"]
+    metrics_rule = next(r for r in triton if r["ports"][0]["port"] == "metrics")
+    assert metrics_rule["from"] == scrapers  # no longer every pod of the namespace
+    # Without gatewayFrom the API is open to any source, the rest stays scoped.
+    (open_gw,) = [
+        p for p in find(render({}), "NetworkPolicy") if p["metadata"]["name"] == "vaegan-gateway"
+    ]
+    assert "from" not in open_gw["spec"]["ingress"][0]
 
 
 def test_disruption_budgets_never_block_a_drain_even_with_one_replica():

@@ -117,7 +117,11 @@ def test_export_job_waits_for_training_and_writes_the_serving_charts_repository(
         "tensorrt",
     ]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1  # TensorRT plans are built on a GPU
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"checkpoints": "vaegan-runs", "models": "vaegan-models"}
     # The serving chart (release "vaegan", default values) mounts that same claim in Triton.
     from test_deploy import render as render_serving
@@ -157,3 +161,25 @@ def test_training_image_pins_its_base_and_runs_as_the_charts_user():
     assert "'.[training]'" in text
     uid = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
     assert f"USER {uid}:{uid}" in text
+
+
+@pytest.mark.parametrize("case", list(VALUE_FILES))
+def test_every_training_pod_matches_the_serving_charts_security_settings(case):
+    pods = []
+    for d in render(VALUE_FILES[case]):
+        if d["kind"] == "PyTorchJob":
+            pods += [s["template"]["spec"] for s in d["spec"]["pytorchReplicaSpecs"].values()]
+        elif d["kind"] == "Job":
+            pods.append(d["spec"]["template"]["spec"])
+    assert pods
+    for pod in pods:
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"]
+        assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"]
+        for c in pod["containers"]:  # the ones that write caches: /tmp, as HOME
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], c["name"]
+            assert {"name": "HOME", "value": "/tmp"} in c["env"], c["name"]

@@ -93,6 +93,7 @@ class Running:
     watcher: asyncio.Task
     metrics_http: object | None
     lifecycle: Lifecycle
+    health_server: grpc.aio.Server | None = None
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, let endpoints update, refuse new calls with UNAVAILABLE, let
@@ -113,6 +114,8 @@ class Running:
         # retryable answer from us instead of a CANCELLED from gRPC's transport shutdown.
         await asyncio.sleep(min(0.3, grace or 0))
         await self.server.stop(0.5)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self.watcher.cancel()
         await self.core.close()
         if self.metrics_http is not None:
@@ -165,13 +168,30 @@ async def start(s: Settings) -> Running:
     port = _listen(server, s)
     if port == 0:
         raise VaeganError(f"cannot listen on {s.host}:{s.port}")
+    health_server = None
+    if s.health_port:
+        # Plaintext and health only: kubelet's gRPC probes cannot speak TLS.
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if not health_server.add_insecure_port(f"{s.host}:{s.health_port}"):
+            raise VaeganError(f"cannot listen on {s.host}:{s.health_port} (--health-port)")
+        await health_server.start()
     metrics_http = _metrics_endpoint(s, metrics) if s.metrics_port else None
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await _set_health(backend, health_servicer, metrics)
     watcher = asyncio.create_task(_watch_health(backend, health_servicer, metrics, s.health_poll_s))
     return Running(
-        server, port, health_servicer, core, servicer, metrics, watcher, metrics_http, lifecycle
+        server,
+        port,
+        health_servicer,
+        core,
+        servicer,
+        metrics,
+        watcher,
+        metrics_http,
+        lifecycle,
+        health_server,
     )
 
 

@@ -23,6 +23,9 @@ class Settings:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int = 9090  # 0 = no metrics endpoint
+    # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); 0 = none.
+    health_port: int = 0
     # Address the metrics endpoint binds; unset = --host, so a gateway bound to loopback
     # does not expose its metrics on every interface.
     metrics_host: str | None = None
@@ -155,6 +158,7 @@ HELP = {
     "model_repository": "serve this model repository with the embedded ONNX Runtime backend",
     "triton_url": "serve through Triton at HOST:PORT (gRPC) instead",
     "metrics_host": "address of the metrics endpoint (unset: the same as --host)",
+    "health_port": "plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (0 = none)",
     "model_version": "pin a model version (default: the newest ready)",
     "batching": "coalesce concurrent requests (true/false)",
     "auth_tokens": "comma-separated bearer tokens (prefer VAEGAN_AUTH_TOKENS or --auth-tokens-file: flags show in ps)",

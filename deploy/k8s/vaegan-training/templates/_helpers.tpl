@@ -84,6 +84,8 @@ pod or Job continues instead of starting over.
       value: {{ include "vt.fullname" $r | quote }}
     - name: PYTHONUNBUFFERED
       value: "1"
+    - name: HOME  # caches (torch.compile, Triton kernels) on the writable /tmp
+      value: /tmp
   ports:
     - name: rendezvous
       containerPort: {{ $r.Values.rendezvousPort }}
@@ -99,9 +101,11 @@ pod or Job continues instead of starting over.
     - {name: data, mountPath: /data, readOnly: true{{ with $r.Values.data.subPath }}, subPath: {{ . }}{{ end }}}
     - {name: checkpoints, mountPath: /checkpoints}
     - {name: shm, mountPath: /dev/shm}
+    - {name: tmp, mountPath: /tmp}
 {{- end -}}
 
 {{- define "vt.trainPodSpec" -}}
+automountServiceAccountToken: false  # training never talks to the Kubernetes API
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.nodeSelector }}
@@ -123,4 +127,6 @@ volumes:
     persistentVolumeClaim: {claimName: {{ include "vt.checkpointClaim" . }}}
   - name: shm
     emptyDir: {medium: Memory, sizeLimit: {{ .Values.shmSize }}}
+  - name: tmp
+    emptyDir: {}
 {{- end -}}
