@@ -1,5 +1,6 @@
 """Fuzz the image path every Encode request takes: byte cap, format allow-list, pixel cap,
-decode, crop, resize. Anything but ``InvalidInput`` is a crash.
+the header's decode-cost estimate, decode, crop, resize (seeds include decompression bombs
+at the pixel cap). Anything but ``InvalidInput`` is a crash.
 
     python -m fuzz.fuzz_image [CORPUS_DIR] -atheris_runs=N   (libFuzzer flags work)
 """
@@ -11,7 +12,7 @@ import atheris
 with atheris.instrument_imports():
     from vaegan.errors import InvalidInput
     from vaegan.preprocess import CropPolicy
-    from vaegan.service.codecs import decode_image
+    from vaegan.service.codecs import decode_image, header_cost
     from vaegan.service.limits import Limits
 
 POLICY = CropPolicy("center", 0.75, 64)
@@ -28,7 +29,9 @@ LIMITS = Limits(
 
 def test_one(data: bytes) -> None:
     try:
-        LIMITS.image_bytes(len(data), "images[0]")  # what LatentCore checks before decoding
+        # What LatentCore checks before decoding: bytes, then the header's pixels and cost.
+        LIMITS.image_bytes(len(data), "images[0]")
+        header_cost(data, POLICY, "images[0]", LIMITS)
         out = decode_image(data, POLICY, "images[0]", LIMITS.max_image_pixels)
     except InvalidInput:
         return

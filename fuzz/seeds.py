@@ -21,6 +21,21 @@ def _image(fmt: str, size=(24, 20), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
+def bombs(side: int) -> dict[str, bytes]:
+    """Small files that decode expensively at ``side`` x ``side`` (the fuzzers' pixel cap at
+    2000): 16-bit greyscale, RGBA, a palette with a transparent colour."""
+    out = {}
+    for name, im, extra in (
+        ("bomb_16bit", Image.new("I;16", (side, side)), {}),
+        ("bomb_rgba", Image.new("RGBA", (side, side)), {}),
+        ("bomb_palette_transparency", Image.new("P", (side, side)), {"transparency": 0}),
+    ):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", **extra)
+        out[name] = buf.getvalue()
+    return out
+
+
 def write_seeds(root: str | Path) -> tuple[Path, Path]:
     root = Path(root)
     images, requests = root / "image", root / "requests"
@@ -34,7 +49,7 @@ def write_seeds(root: str | Path) -> tuple[Path, Path]:
         "palette": _image("PNG", mode="P"),
         "cmyk": _image("JPEG", mode="CMYK"),
     }
-    for name, data in pics.items():
+    for name, data in {**pics, **bombs(2000)}.items():
         (images / name).write_bytes(data)
     emb = pb.Embedding(values=[0.5] * 8)
     seeds = {
