@@ -1,0 +1,158 @@
+"""Ablation of the training recipe: one change at a time against the preset, at equal steps,
+each trained by ``vaegan train`` and scored by ``vaegan evaluate`` (FID, precision/recall of
+N(0, I) samples, fitted-prior samples and reconstructions; the validation PSNR; CPU-seconds
+per step and steps/s of the training process).
+
+    python -m benchmarks.ablation --data outputs/demo_data --out outputs/ablation
+    python -m benchmarks.ablation ... --only base base-seed1 --n 500
+    python -m benchmarks.ablation ... --curve base          # FID at every kept checkpoint
+
+Rows already scored in ``OUT/results.json`` are kept, so the run can be stopped and resumed.
+The table is rewritten after each row (``OUT/table.md``), and each run's grids are in
+``OUT/<row>/samples/``. FID at equal n against the same real set compares; the first two rows
+(two training seeds of the preset) measure how far apart two identical recipes land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> (--set overrides on top of the preset, what changes)
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "base": ([], "the preset"),
+    "base-seed1": (["seed=1"], "the preset, training seed 1"),
+    "kl-0.5": (["kl_weight=0.5"], "KL weight 0.5 (1)"),
+    "no-pixel": (["pixel_weight=0"], "learned similarity only, no pixel MSE (1)"),
+    "no-diffaugment": (["diffaugment="], "DiffAugment off (colour, translation, cutout)"),
+    "no-ema": (["ema_decay=0"], "no EMA of the decoder (0.999)"),
+    "transpose": (["upsample=transpose"], "transposed convolutions (resize + conv)"),
+    "batchnorm-d": (
+        ["d_norm=batch", "gan_loss=bce"],
+        "BatchNorm D with the BCE loss (spectral norm, hinge)",
+    ),
+}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _last_metrics(run: Path) -> dict:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def train(name: str, a: argparse.Namespace, run: Path) -> dict:
+    sets, _ = VARIANTS[name]
+    # Every 500-step checkpoint is kept for --curve; bookkeeping only, the run is the same.
+    sets = [*sets, "checkpoint_every=500", "keep_checkpoints=100", *a.set]
+    cmd = [sys.executable, "-m", "vaegan.cli", "train", "--data", a.data, "--out", str(run)]
+    cmd += ["--preset", a.preset, "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
+    cpu, wall = _children_cpu(), time.perf_counter()
+    subprocess.run(cmd, check=True)
+    cpu, wall = _children_cpu() - cpu, time.perf_counter() - wall
+    steps = _last_metrics(run)["step"]
+    return {"train_cpu_s_per_step": cpu / steps, "train_steps_per_s": steps / wall, "steps": steps}
+
+
+def evaluate(ckpt: Path, a: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "vaegan.cli", "evaluate", "--checkpoint", str(ckpt)]
+    cmd += ["--data", a.data, "--n", str(a.n), "--seed", "0", "--out", str(out), "--quiet"]
+    print(f"  {' '.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def row(name: str, a: argparse.Namespace) -> dict:
+    run = Path(a.out) / name
+    facts = train(name, a, run)
+    scores = evaluate(run / "checkpoints" / "last.pt", a, run / "evaluate.json")
+    m = _last_metrics(run)
+    r = {"name": name, "change": VARIANTS[name][1], "sets": VARIANTS[name][0], **facts}
+    r["val_psnr"] = m["val_psnr"]
+    r["n"] = scores["n"]
+    for kind in ("samples", "samples_fitted", "reconstructions", "reconstructions_val"):
+        s = scores[kind]
+        r[kind] = {"fid": s["fid"], "precision": s["precision"], "recall": s["recall"]}
+    return r
+
+
+def curve(name: str, a: argparse.Namespace) -> list[dict]:
+    """FID of one run's kept checkpoints, in step order."""
+    run = Path(a.out) / name
+    points = []
+    for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
+        step = int(ckpt.stem.split("_")[1])
+        s = evaluate(ckpt, a, run / f"evaluate_{step}.json")
+        points.append({"step": step, **{k: s[k]["fid"] for k in ("samples", "samples_fitted")}})
+        points[-1]["reconstructions"] = s["reconstructions"]["fid"]
+    return points
+
+
+def _pr(score: dict) -> str:
+    return f"{score['precision']:.2f}/{score['recall']:.2f}"
+
+
+def table(rows: list[dict], command: str) -> str:
+    n = rows[0]["n"] if rows else 0
+    out = [
+        f"FID at n = {n} against every prepared image; precision/recall k = 3. `{command}`",
+        "",
+        "| row | change | FID samples N(0,I) | FID fitted prior | FID recon | FID val recon "
+        "| P/R fitted | P/R recon | val PSNR | CPU-s/step | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['name']} | {r['change']} | {r['samples']['fid']:.1f} "
+            f"| {r['samples_fitted']['fid']:.1f} | {r['reconstructions']['fid']:.1f} "
+            f"| {r['reconstructions_val']['fid']:.1f} | {_pr(r['samples_fitted'])} "
+            f"| {_pr(r['reconstructions'])} | {r['val_psnr']:.2f} | {r['train_cpu_s_per_step']:.2f} "
+            f"| {r['train_steps_per_s']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, help="a prepared dataset")
+    p.add_argument("--out", default="outputs/ablation")
+    p.add_argument("--preset", default="cpu-demo")
+    p.add_argument("--n", type=int, default=500, help="samples and reconstructions per FID")
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--set", action="append", default=[], help="FIELD=VALUE for every row")
+    p.add_argument("--curve", nargs="+", default=[], choices=list(VARIANTS), metavar="ROW")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    rows = results.setdefault("rows", {})
+    command = " ".join(["python -m benchmarks.ablation", *sys.argv[1:]])
+    for name in a.only:
+        if name in rows:
+            continue
+        rows[name] = row(name, a)
+        results_file.write_text(json.dumps(results, indent=2))
+        (out / "table.md").write_text(table(list(rows.values()), command))
+        print(table([rows[name]], command).splitlines()[-1], flush=True)
+    for name in a.curve:
+        results.setdefault("curves", {})[name] = curve(name, a)
+        results_file.write_text(json.dumps(results, indent=2))
+    print((out / "table.md").read_text() if (out / "table.md").is_file() else "")
+
+
+if __name__ == "__main__":
+    main()
