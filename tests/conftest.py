@@ -239,3 +239,14 @@ def pki(tmp_path_factory):
         files[name] = (cert_pem, key_pem)
     files["dir"] = d
     return files
+
+
+def mutual_tls(pki) -> dict[str, str]:
+    """Gateway settings for ``pki``'s server certificate, requiring client certificates
+    signed by its CA."""
+    d = pki["dir"]
+    return {
+        "tls_cert": str(d / "server.pem"),
+        "tls_key": str(d / "server.key"),
+        "tls_client_ca": str(d / "ca.pem"),
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from conftest import mutual_tls
 from gateway_harness import GatewayThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -42,15 +43,8 @@ def test_a_tls_gateway_can_answer_plaintext_health_probes_on_a_port_that_serves_
 ):
     from vaegan.host import free_port
 
-    d = pki["dir"]
     health_port = free_port()
-    settings = Settings(
-        model_repository=str(repo),
-        tls_cert=str(d / "server.pem"),
-        tls_key=str(d / "server.key"),
-        tls_client_ca=str(d / "ca.pem"),
-        health_port=health_port,
-    )
+    settings = Settings(model_repository=str(repo), **mutual_tls(pki), health_port=health_port)
     with GatewayThread(settings):
         channel = grpc.insecure_channel(f"127.0.0.1:{health_port}")
         probe = health_pb2_grpc.HealthStub(channel)
@@ -62,13 +56,7 @@ def test_a_tls_gateway_can_answer_plaintext_health_probes_on_a_port_that_serves_
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(repo, pki):
-    d = pki["dir"]
-    settings = Settings(
-        model_repository=str(repo),
-        tls_cert=str(d / "server.pem"),
-        tls_key=str(d / "server.key"),
-        tls_client_ca=str(d / "ca.pem"),
-    )
+    settings = Settings(model_repository=str(repo), **mutual_tls(pki))
     with GatewayThread(settings) as gw:
         target = f"localhost:{gw.settings.port}"
         with LatentClient(

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import mutual_tls
 from gateway_harness import GatewayThread, wait_until
 
 from vaegan.host import free_port
@@ -33,11 +34,7 @@ def playground(latent_repo, pki):
     process, reaching it with a client certificate and the token, with its own access token."""
     d = pki["dir"]
     settings = Settings(
-        model_repository=str(latent_repo),
-        tls_cert=str(d / "server.pem"),
-        tls_key=str(d / "server.key"),
-        tls_client_ca=str(d / "ca.pem"),
-        auth_tokens=GATEWAY_TOKEN,
+        model_repository=str(latent_repo), **mutual_tls(pki), auth_tokens=GATEWAY_TOKEN
     )
     with GatewayThread(settings) as gw:
         port = free_port()
