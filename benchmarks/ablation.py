@@ -65,9 +65,10 @@ def train(name: str, a: argparse.Namespace, run: Path) -> dict:
     return {"train_cpu_s_per_step": cpu / steps, "train_steps_per_s": steps / wall, "steps": steps}
 
 
-def evaluate(ckpt: Path, a: argparse.Namespace, out: Path) -> dict:
+def evaluate(ckpt: Path, a: argparse.Namespace, out: Path, only: list[str] | None = None) -> dict:
     cmd = [sys.executable, "-m", "vaegan.cli", "evaluate", "--checkpoint", str(ckpt)]
     cmd += ["--data", a.data, "--n", str(a.n), "--seed", "0", "--out", str(out), "--quiet"]
+    cmd += ["--only", *only] if only else []
     print(f"  {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
@@ -87,15 +88,17 @@ def row(name: str, a: argparse.Namespace) -> dict:
     return r
 
 
+CURVE_KINDS = ["samples", "samples_fitted", "reconstructions"]
+
+
 def curve(name: str, a: argparse.Namespace) -> list[dict]:
-    """FID of one run's kept checkpoints, in step order."""
+    """FID of one run's kept checkpoints, in step order (the validation split left out)."""
     run = Path(a.out) / name
     points = []
     for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
         step = int(ckpt.stem.split("_")[1])
-        s = evaluate(ckpt, a, run / f"evaluate_{step}.json")
-        points.append({"step": step, **{k: s[k]["fid"] for k in ("samples", "samples_fitted")}})
-        points[-1]["reconstructions"] = s["reconstructions"]["fid"]
+        s = evaluate(ckpt, a, run / f"evaluate_{step}.json", CURVE_KINDS)
+        points.append({"step": step, **{k: s[k]["fid"] for k in CURVE_KINDS}})
     return points
 
 

@@ -158,5 +158,11 @@ def test_evaluate_scores_an_exported_version_and_ends_with_its_figures(
     assert result["reconstructions_val"]["n"] == 16
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("FID samples ") and "(n=10 each vs 64 real images)" in last
+    # One kind alone scores the same images as in the full run.
+    only = tmp_path / "only.json"
+    assert main([*args, "--only", "reconstructions", "--out", str(only), "--quiet"]) == 0
+    alone = json.loads(only.read_text())
+    assert "samples" not in alone and "reconstructions_val" not in alone
+    assert alone["reconstructions"]["fid"] == pytest.approx(result["reconstructions"]["fid"])
     # a folder that is not a prepared dataset is a one-line error, not a traceback
     assert main(["evaluate", "--repository", str(repo), "--data", str(tmp_path)]) == 2

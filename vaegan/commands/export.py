@@ -65,6 +65,14 @@ def register(sub) -> None:
         f"export fits it (0 = no; default {DEFAULT_COMPONENTS}; a repository's version uses "
         "its stored prior)",
     )
+    ev.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="KIND",
+        help="score only these: samples, samples_fitted, reconstructions, reconstructions_val "
+        "(default all; the draws are the same either way)",
+    )
     ev.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=evaluate)
@@ -100,7 +108,8 @@ def evaluate(a: argparse.Namespace) -> int:
         if a.repository
         else ev.from_checkpoint(a.checkpoint, a.data, a.prior_components)
     )
-    result = ev.evaluate(model, a.data, n=a.n, seed=a.seed, progress=not a.quiet)
+    kinds = tuple(a.only) if a.only else ev.KINDS
+    result = ev.evaluate(model, a.data, n=a.n, seed=a.seed, progress=not a.quiet, kinds=kinds)
     text = json.dumps(result, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

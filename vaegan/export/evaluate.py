@@ -95,11 +95,26 @@ def from_checkpoint(
     return Scored(encode, decode, cfg.latent_dim, cfg.image_size, source, mixture)
 
 
+KINDS = ("samples", "samples_fitted", "reconstructions", "reconstructions_val")
+
+
 def evaluate(
-    model: Scored, data: str | Path, *, n: int = 1000, seed: int = 0, progress: bool = True
+    model: Scored,
+    data: str | Path,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict[str, Any]:
+    """FID and precision/recall of each of ``kinds`` (``samples_fitted`` needs a prior).
+    Draws are made in a fixed order whatever ``kinds`` holds, so a kind scores the same
+    images alone or with the others."""
     from vaegan.training.data import load_dataset
 
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise VaeganError(f"unknown kind {sorted(unknown)[0]!r}; choose from {', '.join(KINDS)}")
     ds = load_dataset(data)
     if ds.crop.size != model.image_size:
         raise VaeganError(
@@ -110,8 +125,15 @@ def evaluate(
     inception = fid.InceptionFeatures()
     real = fid.real_set(data, inception, progress)
     val = np.array(ds.val_images()) if len(ds.val) > 4 else None  # a copy: the split is small
+    fitted_prior = model.prior if "samples_fitted" in kinds else None
+    sizes = {
+        "samples": n,
+        "samples_fitted": n if fitted_prior is not None else 0,
+        "reconstructions": n,
+        "reconstructions_val": len(val) if val is not None else 0,
+    }
     with tqdm(
-        total=(3 if model.prior else 2) * n + (len(val) if val is not None else 0),
+        total=sum(sizes[k] for k in kinds),
         desc="evaluate",
         unit="img",
         disable=not progress,
@@ -119,9 +141,7 @@ def evaluate(
     ) as bar:
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, model.latent_dim)).astype(np.float32)
-        samples = model.decode(z)
         picked = real.images[rng.choice(len(real.images), size=n, replace=n > len(real.images))]
-        recon = model.decode(model.encode(picked))
         out: dict[str, Any] = {
             **model.source,
             "data": str(data),
@@ -130,31 +150,39 @@ def evaluate(
             "n": n,
             "seed": seed,
             "inception_sha1": fid.INCEPTION_SHA1,
-            "samples": fid.score(real, inception(samples, bar.update)).as_dict(),
         }
-        if model.prior is not None:
-            fitted = model.decode(model.prior.sample(n, rng))
-            out["samples_fitted"] = fid.score(real, inception(fitted, bar.update)).as_dict()
-            out["prior_components"] = len(model.prior.weights)
-        out["reconstructions"] = fid.score(real, inception(recon, bar.update)).as_dict()
-        if val is not None:
-            val_recon = model.decode(model.encode(val))
-            out["reconstructions_val"] = fid.score(real, inception(val_recon, bar.update)).as_dict()
+
+        def score(images: np.ndarray) -> dict[str, Any]:
+            return fid.score(real, inception(images, bar.update)).as_dict()
+
+        if "samples" in kinds:
+            out["samples"] = score(model.decode(z))
+        if fitted_prior is not None:
+            out["samples_fitted"] = score(model.decode(fitted_prior.sample(n, rng)))
+            out["prior_components"] = len(fitted_prior.weights)
+        if "reconstructions" in kinds:
+            out["reconstructions"] = score(model.decode(model.encode(picked)))
+        if val is not None and "reconstructions_val" in kinds:
+            out["reconstructions_val"] = score(model.decode(model.encode(val)))
     return out
 
 
 def summary(result: dict[str, Any]) -> str:
-    s, r = result["samples"], result["reconstructions"]
-    f = result.get("samples_fitted")
+    names = {
+        "samples": "samples",
+        "samples_fitted": "samples (fitted prior)",
+        "reconstructions": "reconstructions",
+    }
+    scored = [(k, result[k]) for k in names if k in result]
     line = (
-        f"FID samples {s['fid']:.1f}"
-        + (f", samples (fitted prior) {f['fid']:.1f}" if f else "")
-        + f", reconstructions {r['fid']:.1f} "
-        f"(n={result['n']} each vs {result['real_n']} real images); "
-        f"precision/recall samples {s['precision']:.2f}/{s['recall']:.2f}"
-        + (f", fitted {f['precision']:.2f}/{f['recall']:.2f}" if f else "")
-        + f", reconstructions {r['precision']:.2f}/{r['recall']:.2f}"
+        "FID "
+        + ", ".join(f"{names[k]} {s['fid']:.1f}" for k, s in scored)
+        + f" (n={result['n']} each vs {result['real_n']} real images)"
     )
+    if scored:
+        line += "; precision/recall " + ", ".join(
+            f"{names[k]} {s['precision']:.2f}/{s['recall']:.2f}" for k, s in scored
+        )
     if "reconstructions_val" in result:
         v = result["reconstructions_val"]
         line += f"; validation reconstructions FID {v['fid']:.1f} (n={v['n']})"
