@@ -175,6 +175,8 @@ def test_playground_takes_only_json_or_image_bodies(playground):
         ("/api/edit", b'{"embedding": "abc", "weights": {}}', "embedding"),
         ("/api/interpolate", b'{"a": [0], "b": [0], "steps": "many"}', "steps"),
         ("/api/interpolate", b'{"a": [0], "b": [true], "steps": 3}', "b: expected"),
+        ("/api/edit", b'{"embedding": [1' + b"0" * 400 + b'], "weights": {}}', "embedding"),
+        ("/api/edit", b'{"embedding": [0], "weights": {"round": 1e400}}', "weights"),
     ],
 )
 def test_playground_answers_a_malformed_body_with_400_and_what_it_expected(

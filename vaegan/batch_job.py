@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ import grpc
 from tqdm import tqdm
 
 from vaegan.client import LatentClient
+from vaegan.flags import finite_number
 from vaegan.v1 import vaegan_pb2 as pb
 
 
@@ -47,7 +47,7 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
     try:
         if "embeddings" in item:
             values = item["embeddings"]
-            if not isinstance(values, list) or not all(_finite_number(v) for v in values):
+            if not isinstance(values, list) or not all(finite_number(v) for v in values):
                 return _error(
                     key, "INVALID_ARGUMENT", "embeddings must be a flat list of finite numbers"
                 )
@@ -84,16 +84,6 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
         return _error(key, "INVALID_ARGUMENT", 'a line needs "embeddings" or "image_bytes"')
     except grpc.RpcError as e:
         return _error(key, e.code().name, e.details())
-
-
-def _finite_number(v) -> bool:
-    """A JSON number that is a finite float32 candidate (booleans are not numbers here)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:  # an integer beyond any float
-        return False
 
 
 def run_job(

@@ -1,9 +1,11 @@
-"""Command-line flags generated from a dataclass's fields, and the one boolean parser the
-command line, the environment and ``--set`` share."""
+"""Command-line flags generated from a dataclass's fields, the one boolean parser the
+command line, the environment and ``--set`` share, and the one check of a number parsed from
+JSON that the JSON front ends (``vaegan batch``, the playground) share."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -17,6 +19,17 @@ def parse_bool(raw: str) -> bool:
     if raw.lower() in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
+def finite_number(v: Any) -> bool:
+    """A value parsed from JSON that is a finite number a float can hold (booleans, which
+    Python counts as integers, are not numbers here)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def add_fields(p: argparse.ArgumentParser, cls: type) -> None:

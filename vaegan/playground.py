@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import grpc
 from aiohttp import web
 
+from vaegan.flags import finite_number
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
@@ -162,10 +163,8 @@ async def _json(request: web.Request) -> dict:
 
 def _vector(body: dict, key: str) -> pb.Embedding:
     values = body.get(key)
-    if not isinstance(values, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in values
-    ):
-        raise BadRequest(f"{key}: expected a list of numbers")
+    if not isinstance(values, list) or not all(finite_number(v) for v in values):
+        raise BadRequest(f"{key}: expected a list of finite numbers")
     return _embedding(values)
 
 
@@ -230,10 +229,8 @@ class Playground:
     async def edit(self, request: web.Request) -> web.Response:
         body = await _json(request)
         given = body.get("weights", {})
-        if not isinstance(given, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in given.values()
-        ):
-            raise BadRequest("weights: expected an object of direction name -> number")
+        if not isinstance(given, dict) or not all(finite_number(v) for v in given.values()):
+            raise BadRequest("weights: expected an object of direction name -> finite number")
         weights = {k: float(v) for k, v in given.items() if v != 0}
         source = pb.Keyframe(embedding=_vector(body, "embedding"))
         if not weights:  # nothing to move: the plain decoding
