@@ -128,6 +128,8 @@ loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the d
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --deadline 0.1 --client-throttle --throttle-k 1.1 --out $(OUT)/bench/loadtest_throttled.json
 	# Calls of 8 embeddings, the batching queue and batches sized to the latency (Little's law).
 	$(BIN)/python -m benchmarks.loadtest --repository $(OUT)/demo_repository --items 8 --out $(OUT)/bench/loadtest_items8.json -- --max-queue 16 --max-batch-size 16
+	# Decompression bombs from one caller, small Encodes from another: the victim's latency and RSS.
+	$(BIN)/python -m benchmarks.bombs --repository $(OUT)/demo_repository --out $(OUT)/bench/bombs.json
 
 SOAK_MINUTES ?= 5
 soak: $(STAMP) $(TRITON_STAMP) ## SOAK_MINUTES of steady load; gateway memory and descriptor slopes (make demo first)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vaegan.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
-from vaegan.service.batching import Batcher
+from vaegan.service.batching import Batcher, FairShare, caller
 from vaegan.service.metrics import Metrics
 
 
@@ -157,3 +157,75 @@ def test_a_batch_refused_as_invalid_fails_only_the_request_that_carries_the_bad_
         await b.close()
 
     asyncio.run(scenario())
+
+
+def _holder(share, who: str, n: int, order: list, release: asyncio.Event):
+    async def run():
+        caller.set(who)  # what the admission interceptor does for each call
+        async with share.hold(n):
+            order.append(who)
+            await release.wait()
+
+    return asyncio.ensure_future(run())
+
+
+def test_callers_take_turns_for_shared_work_so_one_callers_queue_cannot_delay_another():
+    async def main():
+        share, order, release = FairShare(total=100, slots=1), [], asyncio.Event()
+        # A hostile caller queues ten large decodes; then a victim asks for a small one.
+        hog = [_holder(share, "hog", 90, order, release) for _ in range(10)]
+        await asyncio.sleep(0)
+        victim = _holder(share, "victim", 1, order, release)
+        await asyncio.sleep(0)
+        assert order == ["hog"]  # one slot: the hog's first holds it
+        release.set()
+        await asyncio.gather(*hog, victim)
+        return order
+
+    order = asyncio.run(main())
+    assert order.index("victim") == 1, order  # next in turn, not after the hog's nine others
+
+
+def test_a_large_request_is_not_overtaken_forever_by_smaller_ones():
+    async def main():
+        share, order, gates = FairShare(total=100, slots=4), [], {}
+
+        async def hold(who, n):
+            caller.set(who)
+            gates[who] = asyncio.Event()
+            async with share.hold(n):
+                order.append(who)
+                await gates[who].wait()
+
+        first = asyncio.ensure_future(hold("a", 60))
+        await asyncio.sleep(0)
+        big = asyncio.ensure_future(hold("b", 80))  # does not fit beside a's 60
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(hold("c", 10))  # would fit, but b waits first
+        await asyncio.sleep(0)
+        assert order == ["a"]
+        gates["a"].set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b", "c"]
+        gates["b"].set(), gates["c"].set()
+        await asyncio.gather(first, big, small)
+        assert share.free == 100 and share.slots == 4  # everything given back
+        assert not share._served and not share._holding  # no memory of callers gone
+
+    asyncio.run(main())
+
+
+def test_a_waiter_that_goes_away_gives_its_turn_to_the_next():
+    async def main():
+        share, order, release = FairShare(total=10, slots=1), [], asyncio.Event()
+        first = _holder(share, "a", 10, order, release)
+        await asyncio.sleep(0)
+        gone = _holder(share, "b", 10, order, release)
+        later = _holder(share, "c", 10, order, release)
+        await asyncio.sleep(0)
+        gone.cancel()
+        release.set()
+        await asyncio.gather(first, later)
+        assert order == ["a", "c"] and share.free == 10 and share.slots == 1
+
+    asyncio.run(main())

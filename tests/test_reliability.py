@@ -447,12 +447,6 @@ def test_a_connection_past_its_stream_limit_is_held_back_by_the_transport(repo):
         channel.close()
 
 
-def _inflight(gw) -> float:
-    return metric_value(
-        urllib.request.urlopen(gw.metrics_url).read().decode(), "vaegan_inflight_requests"
-    )
-
-
 def _handled_total(gw) -> float:
     text = urllib.request.urlopen(gw.metrics_url).read().decode()
     return metric_value(text, "grpc_server_handled_total")
@@ -572,7 +566,7 @@ def test_decompression_bombs_sent_together_stay_inside_the_decode_memory_budget(
     from vaegan.host import peak_rss_mib
     from vaegan.service.process import spawn, wait_ready
 
-    budget_mb = 64
+    budget_mb = 64  # large images get three quarters of it: 48 MiB
     gw = spawn(
         {
             "model_repository": str(repo),
@@ -584,17 +578,26 @@ def test_decompression_bombs_sent_together_stay_inside_the_decode_memory_budget(
     )
     try:
         wait_ready(gw.target)
-        bombs = _bombs(2000)  # 4 Mpx each, at the cap
+        bombs = _bombs(1700)  # 2.9 Mpx each: 38-43 MiB to decode, one at a time fits
         assert max(len(b) for b in bombs.values()) < 100_000
-        with LatentClient(gw.target, timeout=120) as c:
-            c.encode([encode(pattern(64, 64), "PNG")])  # warm: the baseline includes a decode
+        # The attacker's own connection (other channel options than the victim's client).
+        attacker = grpc.insecure_channel(gw.target, options=[("grpc.enable_retries", 0)])
+        stub = pb_grpc.LatentServiceStub(attacker)
+        with LatentClient(gw.target, timeout=120) as victim:
+            victim.encode([encode(pattern(64, 64), "PNG")])  # warm: the baseline has a decode
             before = peak_rss_mib(gw.process.pid)
             with ThreadPoolExecutor(12) as pool:
-                jobs = [pool.submit(c.encode, [b]) for b in list(bombs.values()) * 4]
+                requests = [pb.EncodeRequest(images=[b]) for b in bombs.values()] * 4
+                jobs = [pool.submit(stub.Encode, r, timeout=120) for r in requests]
+                wait_until(lambda: _inflight(gw) >= 6, timeout=30, every=0.01)
+                # Another caller's ordinary image does not wait behind the queued bombs.
+                assert victim.encode([encode(pattern(64, 64), "PNG")]).mu.shape == (1, 16)
+                assert sum(j.done() for j in jobs) < len(jobs) // 2
                 results = [j.result() for j in jobs]
-            assert all(r.mu.shape == (1, 16) for r in results)  # served, not refused
+            assert all(len(r.encodings) == 1 for r in results)  # served, not refused
             grown = peak_rss_mib(gw.process.pid) - before
         assert grown < budget_mb + 40, f"peak RSS grew {grown:.0f} MiB; budget {budget_mb} MiB"
+        attacker.close()
     finally:
         gw.process.terminate()
         gw.process.wait(30)

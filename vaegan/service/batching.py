@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -198,43 +199,86 @@ def _fail(batch: list[_Item], e: BaseException) -> None:
             item.future.set_exception(e)
 
 
-class ByteBudget:
-    """An amount (bytes) shared by concurrent holders, granted first come, first served: a
-    large request waits for room instead of being overtaken forever by small ones."""
+# Who a call is for scheduling shared work between callers: the admission interceptor sets
+# it to the connection's peer for the call's task (and the tasks it spawns inherit it).
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
-    def __init__(self, total: int):
-        self.total, self.free = total, total
-        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+class FairShare:
+    """Bytes and worker slots shared by concurrent holders. Waiting callers are granted in
+    turn, the one served least recently first, and each caller's own requests in arrival
+    order: one caller's queue of expensive work delays another caller's request by at most
+    the grants already running, not by the whole queue. The request whose turn it is waits
+    for room if it does not fit yet, so a large one is never overtaken forever."""
+
+    def __init__(self, total: int, slots: int):
+        self.total, self.free, self.slots = total, total, slots
+        self._queues: dict[str, deque[tuple[int, asyncio.Future]]] = {}
+        self._holding: dict[str, int] = {}  # grants each caller holds now
+        self._served: dict[str, int] = {}  # caller -> number of its latest grant
+        self._grants = 0
 
     @contextlib.asynccontextmanager
     async def hold(self, n: int):
-        n = min(n, self.total)
-        if self._waiters or n > self.free:
+        n, who = min(n, self.total), caller.get()
+        if self._queues or n > self.free or not self.slots:
             future = asyncio.get_running_loop().create_future()
-            self._waiters.append((n, future))
+            queue = self._queues.setdefault(who, deque())
+            queue.append((n, future))
             try:
                 await future
             except BaseException:
                 if future.done() and not future.cancelled():
-                    self._release(n)  # granted just as the caller went away
+                    self._release(who, n)  # granted just as the caller went away
                 else:
-                    self._waiters.remove((n, future))
+                    if (n, future) in queue:  # _grant drops a cancelled waiter itself
+                        queue.remove((n, future))
+                    if not queue and self._queues.get(who) is queue:
+                        del self._queues[who]
+                    self._forget(who)
                     self._grant()
                 raise
         else:
-            self.free -= n
+            self._take(who, n)
         try:
             yield
         finally:
-            self._release(n)
+            self._release(who, n)
 
-    def _release(self, n: int) -> None:
+    def _take(self, who: str, n: int) -> None:
+        self.free -= n
+        self.slots -= 1
+        self._holding[who] = self._holding.get(who, 0) + 1
+        self._grants += 1
+        self._served[who] = self._grants
+
+    def _release(self, who: str, n: int) -> None:
         self.free += n
+        self.slots += 1
+        self._holding[who] -= 1
+        if not self._holding[who]:
+            del self._holding[who]
+            self._forget(who)
         self._grant()
 
+    def _forget(self, who: str) -> None:
+        # Only callers holding or waiting are remembered: memory stays bounded by the calls
+        # in flight, however many peers come and go.
+        if who not in self._holding and who not in self._queues:
+            self._served.pop(who, None)
+
     def _grant(self) -> None:
-        while self._waiters and self._waiters[0][0] <= self.free:
-            n, future = self._waiters.popleft()
-            if not future.done():
-                self.free -= n
-                future.set_result(None)
+        while self._queues and self.slots:
+            who = min(self._queues, key=lambda w: self._served.get(w, 0))
+            queue = self._queues[who]
+            n, future = queue[0]
+            if n > self.free:
+                return
+            queue.popleft()
+            if not queue:
+                del self._queues[who]
+            if future.done():  # its caller went away
+                self._forget(who)
+                continue
+            self._take(who, n)
+            future.set_result(None)

@@ -24,7 +24,7 @@ from vaegan.prior import GaussianMixture
 from vaegan.repository import ModelMeta
 from vaegan.service import codecs
 from vaegan.service.backends import Backend
-from vaegan.service.batching import Batcher, ByteBudget
+from vaegan.service.batching import Batcher, FairShare
 from vaegan.service.limits import Limits
 from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
@@ -68,10 +68,23 @@ class LatentCore:
         self.limits = Limits.from_settings(settings)
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
-        self._decode_budget = ByteBudget(settings.decode_memory_mb << 20)
         # Decoding and encoding images are CPU work in C (Pillow releases the GIL): keep them
-        # off the event loop, which must stay free for other calls and health checks.
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # off the event loop, which must stay free for other calls and health checks. Large
+        # images (over a sixteenth of the decode budget each) decode in a lane of their own
+        # with three quarters of the budget, so however many are queued, an ordinary image
+        # never waits behind them; in each lane, callers take turns.
+        total, threads = settings.decode_memory_mb << 20, settings.decode_threads
+        self._small_cost = total // 16
+        self._lanes = {
+            "small": (
+                FairShare(total // 4, threads),
+                ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+            ),
+            "large": (
+                FairShare(total - total // 4, threads),
+                ThreadPoolExecutor(threads, thread_name_prefix="decode-large"),
+            ),
+        }
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
         """The facts of ``role``'s model at ``version`` ("" = the pinned or newest). Only a
@@ -153,7 +166,7 @@ class LatentCore:
         parts = await asyncio.gather(
             *(
                 loop.run_in_executor(
-                    self._decode_pool, codecs.encode_images, pixels[i : i + 64], options
+                    self._lanes["small"][1], codecs.encode_images, pixels[i : i + 64], options
                 )
                 for i in range(0, len(pixels), 64)
             )
@@ -164,7 +177,8 @@ class LatentCore:
         for b in self._batchers.values():
             await b.close()
         await self.backend.close()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for _, pool in self._lanes.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- request semantics --------------------------------------------------------------
 
@@ -355,20 +369,23 @@ class LatentCore:
             self.limits.image_bytes(len(data), f"{field}[{i}]")
             sizes.append(codecs.header_cost(data, meta.crop, f"{field}[{i}]", self.limits))
         self.limits.request_pixels(sum(px for px, _ in sizes), field)
+        large = self._lanes["large"][0].total
         for i, (_, cost) in enumerate(sizes):
-            if cost > self._decode_budget.total:
+            if cost > large:
                 raise InvalidInput(
                     f"{field}[{i}]: decoding it would take about {cost >> 20} MiB, more than "
-                    f"this gateway's decode budget of {self._decode_budget.total >> 20} MiB; "
+                    f"this gateway's decode budget for one image, {large >> 20} MiB; "
                     "send a smaller image (the model needs "
                     f"{meta.crop.size}x{meta.crop.size})"
                 )
         loop = asyncio.get_running_loop()
 
         async def decode(i: int, data: bytes) -> np.ndarray:
-            async with self._decode_budget.hold(sizes[i][1]):
+            cost = sizes[i][1]
+            budget, pool = self._lanes["small" if cost <= self._small_cost else "large"]
+            async with budget.hold(cost):
                 return await loop.run_in_executor(
-                    self._decode_pool,
+                    pool,
                     codecs.decode_image,
                     data,
                     meta.crop,

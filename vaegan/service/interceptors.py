@@ -26,6 +26,7 @@ import time
 import grpc
 
 from vaegan.errors import DeadlineExceeded, InvalidInput, VaeganError
+from vaegan.service.batching import caller
 from vaegan.service.metrics import Metrics
 from vaegan.v1 import vaegan_pb2
 
@@ -328,6 +329,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                         f"gateway's {self.max_inflight}; wait for them or retry with backoff",
                     )
                 self._by_peer[peer] = held + 1
+                caller.set(peer)  # shared work (image decoding) is granted in turn by peer
                 self.lifecycle.enter()
                 self.outcomes.metrics.inflight.inc()
                 try:

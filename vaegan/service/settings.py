@@ -75,7 +75,7 @@ class Settings:
     # compress, while a small compressed body can inflate to max_message_bytes.
     compressed_requests: bool = False
     backend_timeout_s: float = 30.0  # per backend call when the caller set no deadline
-    decode_threads: int = 2  # image decoding runs off the event loop
+    decode_threads: int = 2  # per decode lane (ordinary and large images), off the event loop
     # Bytes all image decodes in flight may take together (estimated from each image's
     # header before it is decoded): bombs under the pixel cap wait for room instead of
     # stacking up; one image that alone needs more is refused.
@@ -165,7 +165,8 @@ HELP = {
     "tls_client_ca": "require client certificates signed by this CA (mutual TLS)",
     "max_inflight_per_connection": "calls one client connection may have in flight (0 = half of --max-inflight; set it to --max-inflight behind a proxy that uses one connection for everyone)",
     "max_call_s": "the server's limit on any call's duration, with or without a client deadline",
-    "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from headers",
+    "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from "
+    "headers; images needing over 1/16 of it decode in their own lane with 3/4 of it",
     "max_request_pixels": "pixels all images of one request may have together",
     "max_message_bytes": "largest request message in bytes, after decompression",
     "request_memory_mb": "MiB the request messages of all calls in flight may hold together",
