@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -751,3 +753,61 @@ def test_a_call_that_outlives_the_servers_limit_ends_with_deadline_exceeded(repo
             wait_until(lambda: _inflight(gw) == 0, timeout=10, every=0.05)
         finally:
             channel.close()
+
+
+def test_a_call_whose_deadline_passes_while_queued_is_counted_as_deadline_exceeded(repo, caplog):
+    # grpc.aio cancels the handler at the caller's deadline; the outcome is the deadline,
+    # not a caller who went away (dashboards and SLOs count the two differently).
+    from vaegan.errors import DeadlineExceeded
+
+    with GatewayThread(Settings(model_repository=str(repo))) as gw:
+
+        async def late(role, version, array, timeout):
+            await asyncio.sleep(0.4)
+            raise DeadlineExceeded("vaegan_decoder: inference did not finish before the deadline")
+
+        gw.running.core.backend.infer = late
+        with LatentClient(gw.target, timeout=0.1, throttle=False) as c:
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as e:
+                    c.generate(count=1)
+                assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.6)  # every handler has ended by now
+        text = urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
+    handled = "grpc_server_handled_total"
+    assert metric_value(text, handled, grpc_method="Generate", grpc_code="DEADLINE_EXCEEDED") == 3
+    assert metric_value(text, handled, grpc_method="Generate", grpc_code="CANCELLED") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class _ExpiredContext:
+    """A servicer context whose deadline has passed: gRPC has ended the call already."""
+
+    aborted = False
+
+    def time_remaining(self):
+        return -0.01
+
+    def done(self):
+        return False
+
+    async def abort(self, code, details):
+        self.aborted = True  # grpc.aio would fail here and log an ERROR with a traceback
+
+
+def test_an_error_raised_after_the_deadline_sends_no_status_on_the_ended_call():
+    from vaegan.errors import DeadlineExceeded
+    from vaegan.service.interceptors import Outcomes, StatusInterceptor
+    from vaegan.service.metrics import Metrics
+
+    outcomes = Outcomes(Metrics("test", "0"))
+    status = StatusInterceptor(outcomes)._status("Generate")
+    context = _ExpiredContext()
+
+    async def call():
+        async with status(object(), context):
+            raise DeadlineExceeded("vaegan_decoder: inference did not finish before the deadline")
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call())
+    assert not context.aborted

@@ -407,9 +407,18 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 yield
             except VaeganError as e:
                 code = e.grpc_code
+                left = context.time_remaining()
+                if context.done() or (left is not None and left <= 0):
+                    # The deadline passed: gRPC has ended the call itself, and a status sent
+                    # now fails inside grpc.aio, which logs it as an error with a traceback.
+                    code = "DEADLINE_EXCEEDED"
+                    raise asyncio.CancelledError from None
                 await context.abort(getattr(grpc.StatusCode, code), str(e))
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                # grpc.aio cancels the handler when the caller goes away and when its
+                # deadline passes: dashboards must tell the two apart.
+                left = context.time_remaining()
+                code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
                 raise
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
