@@ -8,8 +8,8 @@ per step and steps/s of the training process).
     python -m benchmarks.ablation ... --curve base          # FID at every kept checkpoint
 
 Rows already scored in ``OUT/results.json`` are kept, so the run can be stopped and resumed.
-The table is rewritten after each row (``OUT/table.md``), and each run's grids are in
-``OUT/<row>/samples/``. FID at equal n against the same real set compares; the first two rows
+The table is rewritten after each row (``OUT/table.md``); each run's training grids are in
+``OUT/<row>/samples/`` and the first 64 images of each scored kind in ``OUT/<row>/grids/``. FID at equal n against the same real set compares; the first two rows
 (two training seeds of the preset) measure how far apart two identical recipes land.
 """
 
@@ -36,6 +36,13 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         ["d_norm=batch", "gan_loss=bce"],
         "BatchNorm D with the BCE loss (spectral norm, hinge)",
     ),
+    # The two changes that helped alone, together; a second seed; a step further on KL.
+    "kl-0.5+no-da": (["kl_weight=0.5", "diffaugment="], "KL weight 0.5 and DiffAugment off"),
+    "kl-0.5+no-da-seed1": (
+        ["kl_weight=0.5", "diffaugment=", "seed=1"],
+        "KL weight 0.5 and DiffAugment off, training seed 1",
+    ),
+    "kl-0.25+no-da": (["kl_weight=0.25", "diffaugment="], "KL weight 0.25 and DiffAugment off"),
 }
 
 
@@ -65,10 +72,13 @@ def train(name: str, a: argparse.Namespace, run: Path) -> dict:
     return {"train_cpu_s_per_step": cpu / steps, "train_steps_per_s": steps / wall, "steps": steps}
 
 
-def evaluate(ckpt: Path, a: argparse.Namespace, out: Path, only: list[str] | None = None) -> dict:
+def evaluate(
+    ckpt: Path, a: argparse.Namespace, out: Path, only: list[str] | None = None, grids=None
+) -> dict:
     cmd = [sys.executable, "-m", "vaegan.cli", "evaluate", "--checkpoint", str(ckpt)]
     cmd += ["--data", a.data, "--n", str(a.n), "--seed", "0", "--out", str(out), "--quiet"]
     cmd += ["--only", *only] if only else []
+    cmd += ["--grids", str(grids)] if grids else []
     print(f"  {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
@@ -77,7 +87,9 @@ def evaluate(ckpt: Path, a: argparse.Namespace, out: Path, only: list[str] | Non
 def row(name: str, a: argparse.Namespace) -> dict:
     run = Path(a.out) / name
     facts = train(name, a, run)
-    scores = evaluate(run / "checkpoints" / "last.pt", a, run / "evaluate.json")
+    scores = evaluate(
+        run / "checkpoints" / "last.pt", a, run / "evaluate.json", grids=run / "grids"
+    )
     m = _last_metrics(run)
     r = {"name": name, "change": VARIANTS[name][1], "sets": VARIANTS[name][0], **facts}
     r["val_psnr"] = m["val_psnr"]

@@ -160,7 +160,13 @@ def test_evaluate_scores_an_exported_version_and_ends_with_its_figures(
     assert last.startswith("FID samples ") and "(n=10 each vs 64 real images)" in last
     # One kind alone scores the same images as in the full run.
     only = tmp_path / "only.json"
-    assert main([*args, "--only", "reconstructions", "--out", str(only), "--quiet"]) == 0
+    grids = tmp_path / "grids"
+    only_args = [*args, "--only", "reconstructions", "--out", str(only), "--grids", str(grids)]
+    assert main([*only_args, "--quiet"]) == 0
+    assert [p.name for p in grids.iterdir()] == ["reconstructions.png"]  # what was scored
+    with Image.open(grids / "reconstructions.png") as grid:  # 10 images: 4 per row, 3 rows
+        w, h = grid.size
+        assert (w - 2) // 4 == (h - 2) // 3 > 2
     alone = json.loads(only.read_text())
     assert "samples" not in alone and "reconstructions_val" not in alone
     assert alone["reconstructions"]["fid"] == pytest.approx(result["reconstructions"]["fid"])

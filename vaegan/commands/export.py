@@ -74,6 +74,12 @@ def register(sub) -> None:
         "(default all; the draws are the same either way)",
     )
     ev.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    ev.add_argument(
+        "--grids",
+        default=None,
+        metavar="DIR",
+        help="also write the first 64 scored images of each kind as DIR/<kind>.png",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=evaluate)
 
@@ -109,7 +115,9 @@ def evaluate(a: argparse.Namespace) -> int:
         else ev.from_checkpoint(a.checkpoint, a.data, a.prior_components)
     )
     kinds = tuple(a.only) if a.only else ev.KINDS
-    result = ev.evaluate(model, a.data, n=a.n, seed=a.seed, progress=not a.quiet, kinds=kinds)
+    result = ev.evaluate(
+        model, a.data, n=a.n, seed=a.seed, progress=not a.quiet, kinds=kinds, grids=a.grids
+    )
     text = json.dumps(result, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vaegan.errors import VaeganError
+from vaegan.grid import save_grid
 from vaegan.prior import DEFAULT_COMPONENTS, GaussianMixture
 from vaegan.training import fid
 
@@ -106,10 +107,12 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     kinds: tuple[str, ...] = KINDS,
+    grids: str | Path | None = None,
 ) -> dict[str, Any]:
     """FID and precision/recall of each of ``kinds`` (``samples_fitted`` needs a prior).
     Draws are made in a fixed order whatever ``kinds`` holds, so a kind scores the same
-    images alone or with the others."""
+    images alone or with the others. With ``grids``, the first 64 scored images of each kind
+    are written there as ``<kind>.png``, to look at beside the figures."""
     from vaegan.training.data import load_dataset
 
     unknown = set(kinds) - set(KINDS)
@@ -152,18 +155,20 @@ def evaluate(
             "inception_sha1": fid.INCEPTION_SHA1,
         }
 
-        def score(images: np.ndarray) -> dict[str, Any]:
-            return fid.score(real, inception(images, bar.update)).as_dict()
+        def score(kind: str, images: np.ndarray) -> None:
+            if grids is not None:
+                save_grid(images[:64], Path(grids) / f"{kind}.png")
+            out[kind] = fid.score(real, inception(images, bar.update)).as_dict()
 
         if "samples" in kinds:
-            out["samples"] = score(model.decode(z))
+            score("samples", model.decode(z))
         if fitted_prior is not None:
-            out["samples_fitted"] = score(model.decode(fitted_prior.sample(n, rng)))
+            score("samples_fitted", model.decode(fitted_prior.sample(n, rng)))
             out["prior_components"] = len(fitted_prior.weights)
         if "reconstructions" in kinds:
-            out["reconstructions"] = score(model.decode(model.encode(picked)))
+            score("reconstructions", model.decode(model.encode(picked)))
         if val is not None and "reconstructions_val" in kinds:
-            out["reconstructions_val"] = score(model.decode(model.encode(val)))
+            score("reconstructions_val", model.decode(model.encode(val)))
     return out
 
 
