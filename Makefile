@@ -59,9 +59,19 @@ proto-check: $(STAMP) ## fail if the committed stubs differ from what make proto
 		cmp -s $$tmp/vaegan/v1/$$f vaegan/v1/$$f || { echo "vaegan/v1/$$f is stale: run make proto"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "stubs match $(PROTO)"
 
-lint: $(STAMP) proto-check ## ruff check, format check, stubs up to date
+BUF := tools/buf/node_modules/.bin/buf
+
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	cd tools/buf && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+lint: $(STAMP) proto-check $(BUF) ## ruff check, format check, stubs up to date, buf lint and breaking-change check of proto/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd proto && ../$(BUF) lint && ../$(BUF) breaking --against released.binpb && echo "buf: proto/ lints clean and keeps the released API"
+
+proto-release: $(BUF) ## record proto/ as the released API (proto/released.binpb): what buf breaking compares against
+	cd proto && ../$(BUF) build -o released.binpb
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
