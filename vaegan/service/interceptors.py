@@ -46,11 +46,20 @@ def method_label(full_method: str) -> str:
 
 class Outcomes:
     """grpc_server_handled_total and grpc_server_handling_seconds, with their label children
-    bound once per (method, code)."""
+    bound once per (method, code). Every method's series start at zero with the gateway (as
+    go-grpc-prometheus does): Prometheus takes a counter's first scraped value as its
+    baseline, so calls made before a series first appears would count in no rate() or
+    alert."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
-        self._handled: dict[tuple[str, str], object] = {}
+        self._handled: dict[tuple[str, str], object] = {
+            (method, code.name): metrics.handled.labels(SERVICE, method, code.name)
+            for method in METHODS
+            for code in grpc.StatusCode
+        }
+        for method in METHODS:
+            metrics.handling.labels(SERVICE, method)
 
     def count(self, method: str, code: str) -> None:
         child = self._handled.get((method, code))
