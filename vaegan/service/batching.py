@@ -57,6 +57,8 @@ class Batcher:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
+        metrics.queue_depth.labels(model).set(0)
+        metrics.queue_capacity.labels(model).set(max_queue)
 
     async def submit(
         self, array: np.ndarray, deadline: float | None

@@ -6,9 +6,11 @@ vaegan_inflight_requests                                          RPCs being han
 vaegan_batch_size{model}                                          items per backend call (histogram)
 vaegan_queue_wait_seconds{model}                                  time an item waited for its batch
 vaegan_queue_depth{model}                                         items waiting
+vaegan_queue_capacity{model}                                      items the queue holds at most (--max-queue)
 vaegan_backend_requests_total{model, code}                        backend calls by outcome
 vaegan_backend_latency_seconds{model}                             backend call latency (histogram)
 vaegan_backend_ready                                              1 when the backend's models are ready
+vaegan_draining                                                   1 from SIGTERM until the process exits
 vaegan_build_info{version, backend}                               always 1
 """
 
@@ -56,6 +58,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "vaegan_queue_depth", "Items waiting in the batching queue.", ["model"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "vaegan_queue_capacity",
+            "Items the batching queue holds at most (--max-queue).",
+            ["model"],
+            registry=r,
+        )
         self.backend_requests = Counter(
             "vaegan_backend_requests_total",
             "Backend calls, by outcome.",
@@ -71,6 +79,9 @@ class Metrics:
         )
         self.backend_ready = Gauge(
             "vaegan_backend_ready", "1 when the backend's models are ready.", registry=r
+        )
+        self.draining = Gauge(
+            "vaegan_draining", "1 from shutdown (SIGTERM) until the process exits.", registry=r
         )
         info = Gauge(
             "vaegan_build_info", "Gateway build information.", ["version", "backend"], registry=r

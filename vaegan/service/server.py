@@ -98,6 +98,7 @@ class Running:
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, let endpoints update, refuse new calls with UNAVAILABLE, let
         in-flight calls finish within ``grace``, then stop the server and the backend."""
+        self.metrics.draining.set(1)
         await self.health.enter_graceful_shutdown()
         if drain_delay:
             await asyncio.sleep(drain_delay)
