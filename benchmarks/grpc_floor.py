@@ -6,15 +6,16 @@ server pinned to one core and the client on the others.
 
 If refusing costs about what serving costs, a single gateway process cannot shed load
 offered faster than 1 / (CPU per call) in-process, whatever its admission policy. With
-``--repository``, the same is measured for `vaegan serve` refusing every call
-(``--max-inflight 0``), to compare the gateway's refusal path with the floor.
+``--repository``, the same is measured for `vaegan serve` refusing every call (``--max-inflight
+1``, its one slot held by a stream nobody reads), to compare the gateway's refusal path with
+the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import collections
 import json
 import os
 import subprocess
@@ -55,24 +56,35 @@ async def drive(
         for _ in range(connections)
     ]
     calls = [c.unary_unary(method) for c in channels]
-    done, end = 0, time.monotonic() + seconds
+    codes: collections.Counter[str] = collections.Counter()
+    end = time.monotonic() + seconds
 
     async def worker(i: int):
-        nonlocal done
         while time.monotonic() < end:
-            with contextlib.suppress(grpc.aio.AioRpcError):  # refusals count as answered calls
+            try:
                 await calls[i % connections](body, timeout=5)
-            done += 1
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as e:  # refusals count as answered calls
+                codes[e.code().name] += 1
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     for c in channels:
         await c.close()
-    return done
+    return codes
 
 
 def measure(
-    name: str, command: list[str], ready, method: str, body: bytes, seconds: float, cpus
+    name: str,
+    command: list[str],
+    ready,
+    method: str,
+    body: bytes,
+    seconds: float,
+    cpus,
+    expect: str,
 ) -> dict:
+    """Server CPU per call of ``command``; every call must end with ``expect`` (a run that
+    measured anything else, served calls for refusals, measured the wrong thing)."""
     server_cpu, client_cpus = cpus
     port = free_port()
     with pinned({server_cpu}):
@@ -82,15 +94,21 @@ def measure(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+    cleanup = None
     try:
         target = f"127.0.0.1:{port}"
-        ready(proc, target)
+        cleanup = ready(proc, target)
         os.sched_setaffinity(0, client_cpus)
         asyncio.run(drive(target, 0.5, 8, 64, method, body))  # connect and warm up
         cpu0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
-        calls = asyncio.run(drive(target, seconds, 8, 128, method, body))
+        codes = asyncio.run(drive(target, seconds, 8, 128, method, body))
         elapsed, cpu = time.monotonic() - t0, tree_cpu_seconds(proc.pid) - cpu0
+        if set(codes) != {expect}:
+            raise SystemExit(f"{name}: expected only {expect}, got {dict(codes)}")
+        calls = codes[expect]
     finally:
+        if cleanup is not None:
+            cleanup()
         proc.terminate()
         proc.wait(30)
     return {
@@ -105,10 +123,36 @@ def _printed_ready(proc, target) -> None:
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
 
 
-def _gateway_ready(proc, target) -> None:
-    from vaegan.service.process import wait_ready
+def _gateway_full(latent: int):
+    """Readiness of a gateway started with ``--max-inflight 1``, then its one slot taken by
+    a long stream nobody reads: every other call is refused in the admission interceptor,
+    before its request is parsed. Returns what ends the stream once measured."""
 
-    wait_ready(target)
+    def ready(proc, target):
+        from vaegan.service.process import wait_ready
+        from vaegan.v1 import vaegan_pb2 as pb
+        from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+        wait_ready(target)
+        # No BDP probing: the flow-control window stays small, so the stream blocks after a
+        # few frames instead of sending them all into the client's buffer and ending.
+        options = [("grpc.enable_retries", 0), ("grpc.http2.bdp_probe", 0)]
+        channel = grpc.insecure_channel(target, options=options)
+        keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * latent)) for v in (0.0, 1.0)]
+        hog = pb_grpc.LatentServiceStub(channel).InterpolateStream(
+            pb.InterpolateRequest(keyframes=keys, steps=1022)
+        )
+        time.sleep(2.0)  # its frames fill the flow-control window; then it only waits
+
+        def end() -> None:
+            held = not hog.done()
+            hog.cancel()
+            channel.close()
+            assert held, "the stream holding the gateway's slot ended before the measurement did"
+
+        return end
+
+    return ready
 
 
 def main() -> None:
@@ -123,13 +167,14 @@ def main() -> None:
     if len(cpus) < 2:
         sys.exit("needs two CPUs: one for the server, the rest for the client")
     pinned = (cpus[0], set(cpus[1:]))
-    runs = [  # name, server command, how to know it is up, method, request body
+    runs = [  # name, server command, how to know it is up, method, request body, its answer
         (
             f"bare grpc.aio, {mode}",
             [sys.executable, "-c", SERVER, "PORT", mode],
             _printed_ready,
             "/floor/Call",
             b"",
+            "OK" if mode == "serve" else "RESOURCE_EXHAUSTED",
         )
         for mode in ("serve", "refuse")
     ]
@@ -139,20 +184,22 @@ def main() -> None:
 
         serve = [sys.executable, "-m", "vaegan.cli", "serve", "--model-repository", a.repository]
         serve += ["--host", "127.0.0.1", "--port", "PORT", "--metrics-port", "0"]
+        serve += ["--max-frames", "1024", "--max-steps", "1024"]
         one = pb.Embedding(values=[0.1] * latent_dim(a.repository))
         body = pb.GenerateRequest(embeddings=pb.EmbeddingList(items=[one])).SerializeToString()
         runs.append(
             (
                 "vaegan serve, refuse",
-                [*serve, "--max-inflight", "0"],
-                _gateway_ready,
+                [*serve, "--max-inflight", "1"],
+                _gateway_full(latent_dim(a.repository)),
                 "/vaegan.v1.LatentService/Generate",
                 body,
+                "RESOURCE_EXHAUSTED",
             )
         )
     results = []
-    for name, command, ready, method, body in runs:
-        r = measure(name, command, ready, method, body, a.seconds, pinned)
+    for name, command, ready, method, body, expect in runs:
+        r = measure(name, command, ready, method, body, a.seconds, pinned, expect)
         results.append(r)
         print(
             f"{name:<22} on CPU {cpus[0]}: {r['calls_per_s']:6.0f} calls/s, "

@@ -217,16 +217,24 @@ async def run(
         for q in (50, 99):
             v = histogram_quantile(q / 100, admitted)
             phase[f"gateway_p{q}_ms"] = None if v is None else v * 1e3
-        # The gateway's counts agree with the callers'. Refusals match exactly (with those the
-        # callers made themselves). A call can succeed in the gateway just after its caller's
-        # deadline: the caller counts DEADLINE_EXCEEDED, the gateway OK. So every OK the
-        # gateway counted and the callers did not see must be one of their deadlines.
+        # The gateway's counts agree with the callers'. A call can end in the gateway (OK, or
+        # refused) just after its caller's deadline: the caller counts DEADLINE_EXCEEDED, the
+        # gateway its own outcome. So every OK and every refusal the gateway counted and the
+        # callers did not see must be one of their deadlines (refusals the callers made
+        # themselves, unsent, are theirs alone).
         codes = phase["codes"]
         late_ok = server.get("OK", 0) - codes.get("OK", 0)
-        phase["late_ok"] = late_ok
-        phase["counts_agree"] = 0 <= late_ok <= codes.get("DEADLINE_EXCEEDED", 0) and server.get(
-            "RESOURCE_EXHAUSTED", 0
-        ) + phase["refused_locally"] == codes.get("RESOURCE_EXHAUSTED", 0)
+        late_refused = (
+            server.get("RESOURCE_EXHAUSTED", 0)
+            + phase["refused_locally"]
+            - codes.get("RESOURCE_EXHAUSTED", 0)
+        )
+        phase["late_ok"], phase["late_refused"] = late_ok, late_refused
+        phase["counts_agree"] = (
+            late_ok >= 0
+            and late_refused >= 0
+            and late_ok + late_refused <= codes.get("DEADLINE_EXCEEDED", 0)
+        )
         out["phases"][f"{factor}x"] = phase
         for c in channels:
             await c.close()
@@ -331,6 +339,11 @@ def main() -> None:
             f"{r['send_lag_p99_ms']:>8.1f} {r['server_cpu']:>8.0%}  {r['codes']} | "
             f"{r['gateway_counts']} | {r['counts_agree']}"
             + (f" ({r['late_ok']} OK after the caller's deadline)" if r["late_ok"] else "")
+            + (
+                f" ({r['late_refused']} refused after the caller's deadline)"
+                if r["late_refused"]
+                else ""
+            )
             + (f" | local {r['refused_locally']}" if a.client_throttle else "")
         )
         for code, message in r["examples"].items():
