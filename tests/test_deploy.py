@@ -4,7 +4,6 @@ against the Kubernetes API schemas, and the dashboard checked against real metri
 from __future__ import annotations
 
 import re
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -276,23 +275,15 @@ def _families(metrics_text: str) -> set[str]:
 
 
 @pytest.mark.integration
-def test_every_dashboard_metric_is_exported_by_the_gateway_or_triton(tiny_checkpoint, tmp_path):
+def test_every_dashboard_metric_is_exported_by_the_gateway_or_triton(repo):
     from gateway_harness import GatewayThread
 
     from vaegan.client import LatentClient
-    from vaegan.export.export import export
     from vaegan.export.local_triton import LocalTriton
-    from vaegan.export.options import ExportOptions
     from vaegan.service.settings import Settings
 
-    export(
-        tiny_checkpoint,
-        tmp_path / "repo",
-        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
-        log=lambda *_: None,
-    )
     with (
-        LocalTriton(tmp_path / "repo") as triton,
+        LocalTriton(repo) as triton,
         GatewayThread(Settings(triton_url=triton.grpc_url)) as gw,
     ):
         with LatentClient(gw.target) as c:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -134,26 +133,18 @@ def empty_queries(prom: Prometheus, queries: list[tuple[str, str]]) -> list[str]
 
 
 @pytest.fixture(scope="module")
-def observed(tiny_checkpoint, tmp_path_factory):
+def observed(repo, tmp_path_factory):
     """Prometheus, after a known mix of traffic through the gateway and Triton: per method,
     how many calls ended OK and how many with each error, and the client's latencies."""
     from conftest import encode, pattern
 
     from vaegan.client import LatentClient
-    from vaegan.export.export import export
     from vaegan.export.local_triton import LocalTriton
-    from vaegan.export.options import ExportOptions
     from vaegan.service.settings import Settings
 
     tmp = tmp_path_factory.mktemp("observability")
-    export(
-        tiny_checkpoint,
-        tmp / "repo",
-        ExportOptions(backend="python", execution_env=sys.prefix + "-triton"),
-        log=lambda *_: None,
-    )
     with (
-        LocalTriton(tmp / "repo") as triton,
+        LocalTriton(repo) as triton,
         # One call in flight at a time: calls sent together are refused (RESOURCE_EXHAUSTED).
         GatewayThread(Settings(triton_url=triton.grpc_url, max_items=8, max_inflight=1)) as gw,
     ):
