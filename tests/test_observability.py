@@ -254,6 +254,17 @@ def test_request_rates_and_error_ratios_agree_with_the_traffic_sent(observed):
     for (method, code), n in sent.items():
         got = _value(rates, grpc_method=method, grpc_code=code) * _window_seconds()
         assert got == pytest.approx(n, rel=0.25, abs=1.5), (method, code, got, n)
+    # Each backend call the gateway counts is one request Triton counts.
+    backend = prom.query(grafana(queries["Backend calls by outcome"]))
+    (successes,) = [
+        e
+        for _, e in dashboard_queries()
+        if e.startswith("sum by (model) (rate(nv_inference_request_success")
+    ]
+    triton = prom.query(grafana(successes))
+    for model in ("vaegan_encoder", "vaegan_decoder"):
+        ours = _value(backend, model=model, code="OK")
+        assert ours > 0 and ours == pytest.approx(_value(triton, model=model), rel=0.25), model
     ratios = prom.query(grafana(queries["Error ratio by method"]))
     for method in ("Generate", "Encode"):
         total = sum(n for (m, _), n in sent.items() if m == method)

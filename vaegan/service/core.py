@@ -66,6 +66,7 @@ class LatentCore:
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
         self.limits = Limits.from_settings(settings)
+        metrics.start_models(backend.names.values())
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._latent_files: dict[tuple[str, str], tuple[int | None, Any]] = {}
         # Decoding and encoding images are CPU work in C (Pillow releases the GIL): keep them

@@ -88,6 +88,20 @@ class Metrics:
         )
         info.labels(version=version, backend=backend).set(1)
 
+    def start_models(self, models) -> None:
+        """Every per-model series at zero before the first call: Prometheus takes a
+        counter's (or histogram's) first scraped value as its baseline, so calls made before
+        a series first appears would count in no rate()."""
+        import grpc
+
+        for model in models:
+            for code in grpc.StatusCode:
+                self.backend_requests.labels(model, code.name)
+            self.backend_latency.labels(model)
+            self.batch_size.labels(model)
+            self.queue_wait.labels(model)
+            self.queue_depth.labels(model).set(0)
+
 
 def metric_value(text: str, name: str, **labels) -> float:
     """Read back from exposition text (tests, benchmarks): the sum of sample ``name`` over
