@@ -57,8 +57,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
-        metrics.queue_depth.labels(model).set(0)
-        metrics.queue_capacity.labels(model).set(max_queue)
+        metrics.queue_capacity.labels(model).set(max_queue)  # depth starts at zero with the gateway
 
     async def submit(
         self, array: np.ndarray, deadline: float | None

@@ -59,6 +59,14 @@ class Decoded:
     weights: list[float] | None = None  # a sweep's weights, one per column
 
 
+@dataclass
+class _Lane:
+    """Image decoding for one size class: its share of the decode memory, its threads."""
+
+    budget: FairShare
+    pool: ThreadPoolExecutor
+
+
 INLINE_IMAGES = 4  # PNG/JPEG responses of up to this many images are encoded on the loop
 
 
@@ -76,16 +84,13 @@ class LatentCore:
         # never waits behind them; in each lane, callers take turns.
         total, threads = settings.decode_memory_mb << 20, settings.decode_threads
         self._small_cost = total // 16
-        self._lanes = {
-            "small": (
-                FairShare(total // 4, threads),
-                ThreadPoolExecutor(threads, thread_name_prefix="decode"),
-            ),
-            "large": (
-                FairShare(total - total // 4, threads),
-                ThreadPoolExecutor(threads, thread_name_prefix="decode-large"),
-            ),
-        }
+        self._small = _Lane(
+            FairShare(total // 4, threads), ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        )
+        self._large = _Lane(
+            FairShare(total - total // 4, threads),
+            ThreadPoolExecutor(threads, thread_name_prefix="decode-large"),
+        )
 
     async def meta(self, role: str, version: str = "") -> ModelMeta:
         """The facts of ``role``'s model at ``version`` ("" = the pinned or newest). Only a
@@ -167,7 +172,7 @@ class LatentCore:
         parts = await asyncio.gather(
             *(
                 loop.run_in_executor(
-                    self._lanes["small"][1], codecs.encode_images, pixels[i : i + 64], options
+                    self._small.pool, codecs.encode_images, pixels[i : i + 64], options
                 )
                 for i in range(0, len(pixels), 64)
             )
@@ -178,8 +183,8 @@ class LatentCore:
         for b in self._batchers.values():
             await b.close()
         await self.backend.close()
-        for _, pool in self._lanes.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._small, self._large):
+            lane.pool.shutdown(wait=False, cancel_futures=True)
 
     # --- request semantics --------------------------------------------------------------
 
@@ -370,7 +375,7 @@ class LatentCore:
             self.limits.image_bytes(len(data), f"{field}[{i}]")
             sizes.append(codecs.header_cost(data, meta.crop, f"{field}[{i}]", self.limits))
         self.limits.request_pixels(sum(px for px, _ in sizes), field)
-        large = self._lanes["large"][0].total
+        large = self._large.budget.total
         for i, (_, cost) in enumerate(sizes):
             if cost > large:
                 raise InvalidInput(
@@ -383,10 +388,10 @@ class LatentCore:
 
         async def decode(i: int, data: bytes) -> np.ndarray:
             cost = sizes[i][1]
-            budget, pool = self._lanes["small" if cost <= self._small_cost else "large"]
-            async with budget.hold(cost):
+            lane = self._small if cost <= self._small_cost else self._large
+            async with lane.budget.hold(cost):
                 return await loop.run_in_executor(
-                    pool,
+                    lane.pool,
                     codecs.decode_image,
                     data,
                     meta.crop,

@@ -381,6 +381,12 @@ def _tolerant(deserializer):
     return parse
 
 
+def _expired(context) -> bool:
+    """Whether the call's deadline has passed (a call without one never expires)."""
+    left = context.time_remaining()
+    return left is not None and left <= 0
+
+
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps what a handler raises to a gRPC status, and records the call's outcome."""
 
@@ -416,8 +422,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 yield
             except VaeganError as e:
                 code = e.grpc_code
-                left = context.time_remaining()
-                if context.done() or (left is not None and left <= 0):
+                if context.done() or _expired(context):
                     # The deadline passed: gRPC has ended the call itself, and a status sent
                     # now fails inside grpc.aio, which logs it as an error with a traceback.
                     code = "DEADLINE_EXCEEDED"
@@ -426,8 +431,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 # grpc.aio cancels the handler when the caller goes away and when its
                 # deadline passes: dashboards must tell the two apart.
-                left = context.time_remaining()
-                code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+                code = "DEADLINE_EXCEEDED" if _expired(context) else "CANCELLED"
                 raise
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
