@@ -44,6 +44,9 @@ browser: ## playwright-core for the playground test (uses the system chromium: a
 
 test: $(STAMP) $(TRITON_STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	# The gateway runs on uvloop where installed (--event-loop auto); its RPC tests run
+	# again on asyncio's own loop, the fallback.
+	VAEGAN_EVENT_LOOP=asyncio $(BIN)/python -m pytest -q tests/test_gateway.py tests/test_latent_rpc.py $(PYTEST_ARGS)
 
 check-extras: ## install each extra alone in a fresh venv (as the Dockerfiles do) and run its commands
 	bash scripts/check_extras.sh $(OUT)/check_extras
@@ -124,7 +127,7 @@ bench: $(STAMP) $(TRITON_STAMP) ## benchmarks on the demo model (run make demo f
 	@test -f $(OUT)/demo_run/checkpoints/last.pt || { echo "run 'make demo' first"; exit 1; }
 	mkdir -p $(OUT)/bench
 	$(BIN)/python -m benchmarks.decoder_latency --checkpoint $(OUT)/demo_run/checkpoints/last.pt --out $(OUT)/bench/decoder_latency.json
-	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json
+	$(BIN)/python -m benchmarks.gateway_bench --repository $(OUT)/demo_repository --out $(OUT)/bench/gateway.json --chart $(OUT)/bench/gateway.png
 	$(BIN)/python -m benchmarks.train_throughput --out $(OUT)/bench/train_throughput.json
 
 loadtest: $(STAMP) $(TRITON_STAMP) ## load test at 0.7x and 3x capacity on the demo model (make demo first)

@@ -1,14 +1,24 @@
-"""Generate throughput and latency through the whole serving path, measured in one run.
+"""Serving efficiency, measured in one run: throughput, latency and the CPU every process on
+the path spends per call, for the gateway and for what it stands in front of.
 
-    python -m benchmarks.gateway_bench --repository outputs/demo_repository [--duration 5] [--out FILE]
+    python -m benchmarks.gateway_bench --repository outputs/demo_repository \\
+        [--duration 5] [--out FILE.json] [--chart FILE.png]
 
-Rows (each client sends one embedding per call, RAW pixels back, for --duration seconds):
-- gateway_batching_on / gateway_batching_off: client -> `vaegan serve` -> local Triton
-- triton_direct: client -> local Triton (KServe v2 gRPC), no gateway
+Each row is a closed loop: C clients, each sending calls of K embeddings (written C x K) one
+after another for --duration seconds, after a short warm-up of the same load.
 - ceiling: the decoder alone, in this process, ONNX Runtime at batch 64 (what this CPU can do)
+- triton: client -> the local Triton (KServe v2 gRPC), no gateway
+- bare grpc.aio (asyncio / uvloop): a grpc.aio server whose handler answers at once with as
+  many bytes as the gateway's 1-image RAW response: the floor under any Python gateway
+- gateway (uvloop / asyncio): client -> `vaegan serve` -> the same Triton, RAW pixels back;
+  PNG rows ask for PNG; the stream row sends the calls as messages of one GenerateStream
+- gateway, batching off: each call its own Triton request
 
-The gateway and Triton run as separate processes; the load comes from this one (asyncio,
-grpc.aio), so all three share this machine's cores, as they would on one node.
+Clients share a connection eight at a time (the gateway allows 32 streams per connection).
+CPU is user + system time of the load generator (this process), the gateway and Triton (with
+its python backend's stubs), read from /proc around each row; this machine's speed drifts
+between runs, so CPU per unit of work and ratios within one run are what compare. The
+targets are issue 18's; the run exits 1 if any call ended with anything but OK.
 """
 
 from __future__ import annotations
@@ -18,7 +28,12 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,96 +43,396 @@ import tritonclient.grpc.aio as triton_aio
 from tqdm import tqdm
 
 from vaegan.export.local_triton import LocalTriton
+from vaegan.host import free_port, tree_cpu_seconds
 from vaegan.repository import latent_dim
 from vaegan.service.process import gateway_process
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
+CLIENTS_PER_CONNECTION = 8
+SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
+LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
-def summarize(latencies: list[float], codes: dict[str, int], seconds: float) -> dict:
-    lat = np.asarray(latencies) * 1e3
-    ok = codes.get("OK", 0)
-    return {
-        "calls": int(sum(codes.values())),
-        "ok": ok,
-        "throughput_per_s": ok / seconds,
-        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-        "codes": codes,
-    }
+BARE = """
+import asyncio, sys, grpc
+answer = b"\\0" * int(sys.argv[2])
+async def handler(request, context):
+    return answer
+class Any(grpc.GenericRpcHandler):
+    def service(self, details):
+        return grpc.unary_unary_rpc_method_handler(handler)
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Any(),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+if sys.argv[3] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
 
 
-async def drive(call, clients: int, seconds: float) -> dict:
-    """``clients`` concurrent loops of ``call()`` for ``seconds`` (bounded in time)."""
+@dataclass
+class Row:
+    name: str
+    shape: str = ""  # clients x items per call
+    calls: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    codes: dict = field(default_factory=dict)
+    cpu_ms_per_call: dict = field(default_factory=dict)  # process -> ms
+    images_per_s: float = 0.0
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_image(self, process: str) -> float:
+        return self.cpu_ms_per_call[process] * self.calls / max(1, self.images)
+
+
+class Cpu:
+    """CPU seconds of the processes on the path, by name ('client' is this process)."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+
+    def read(self) -> dict[str, float]:
+        out = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+        out["client"] = time.process_time()
+        return out
+
+
+async def closed_loop(
+    calls: list[Callable[[], Awaitable[int]]], seconds: float
+) -> tuple[list[float], Counter, int]:
+    """Each of ``calls`` in a loop of its own for ``seconds``: latencies of the OK calls,
+    every call's status code, and the images the OK calls returned."""
     latencies: list[float] = []
-    codes: dict[str, int] = {}
+    codes: Counter = Counter()
+    images = 0
     end = time.monotonic() + seconds
 
-    async def worker():
+    async def client(call):
+        nonlocal images
         while time.monotonic() < end:
             t = time.perf_counter()
             try:
-                await call()
-                code = "OK"
-                latencies.append(time.perf_counter() - t)
+                got = await call()  # (images += await ... would lose other clients' updates)
             except grpc.aio.AioRpcError as e:
-                code = e.code().name
-            except Exception as e:  # tritonclient wraps errors in its own exception
-                code = type(e).__name__
-            codes[code] = codes.get(code, 0) + 1
+                codes[e.code().name] += 1
+                continue
+            except Exception as e:  # tritonclient raises its own exception type
+                codes[type(e).__name__] += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+            codes["OK"] += 1
+            images += got
 
-    start = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return summarize(latencies, codes, time.monotonic() - start)
+    await asyncio.gather(*(client(c) for c in calls))
+    return latencies, codes, images
 
 
-async def bench_gateway(target: str, latent: int, clients: list[int], seconds: float) -> dict:
-    channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.LatentServiceStub(channel)
-    rng = np.random.default_rng(0)
-    req = pb.GenerateRequest(
-        embeddings=pb.EmbeddingList(
-            items=[pb.Embedding(values=rng.standard_normal(latent).tolist())]
-        ),
-        output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW),
+async def measure(
+    name: str, shape: str, calls: list, cpu: Cpu, seconds: float, warmup: float = 0.5
+) -> Row:
+    await closed_loop(calls, warmup)
+    before, t0 = cpu.read(), time.monotonic()
+    latencies, codes, images = await closed_loop(calls, seconds)
+    elapsed, after = time.monotonic() - t0, cpu.read()
+    ok = codes.get("OK", 0)
+    lat = np.asarray(latencies) * 1e3
+    return Row(
+        name=name,
+        shape=shape,
+        calls=ok,
+        images=images,
+        seconds=elapsed,
+        p50_ms=float(np.percentile(lat, 50)) if ok else None,
+        p99_ms=float(np.percentile(lat, 99)) if ok else None,
+        codes=dict(codes),
+        cpu_ms_per_call={k: 1e3 * (after[k] - before[k]) / max(1, ok) for k in after},
+        images_per_s=images / elapsed,
     )
-    await stub.Generate(req, timeout=30)  # warm-up
-    out = {}
-    for n in clients:
-        out[n] = await drive(lambda: stub.Generate(req, timeout=30), n, seconds)
-    await channel.close()
-    return out
 
 
-async def bench_triton(
-    url: str, model: str, latent: int, clients: list[int], seconds: float
-) -> dict:
-    client = triton_aio.InferenceServerClient(url)
-    z = np.random.default_rng(0).standard_normal((1, latent)).astype(np.float32)
-
-    async def call():
-        inp = triton_aio.InferInput("z", [1, latent], "FP32")
-        inp.set_data_from_numpy(z)
-        return await client.infer(model, [inp], client_timeout=30)
-
-    await call()
-    out = {n: await drive(call, n, seconds) for n in clients}
-    await client.close()
-    return out
-
-
-def ceiling(repo: Path, model: str, latent: int, seconds: float) -> dict:
+def ceiling(repo: Path, model: str, latent: int, seconds: float) -> Row:
     version = max((p.name for p in (repo / model).iterdir() if p.name.isdigit()), key=int)
     session = ort.InferenceSession(
         str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     z = np.random.default_rng(0).standard_normal((64, latent)).astype(np.float32)
     session.run(None, {"z": z})
-    n, start = 0, time.perf_counter()
+    n, cpu0, start = 0, time.process_time(), time.perf_counter()
     while time.perf_counter() - start < seconds:
         session.run(None, {"z": z})
-        n += 64
-    return {"batch": 64, "throughput_per_s": n / (time.perf_counter() - start)}
+        n += 1
+    elapsed = time.perf_counter() - start
+    cpu_ms = 1e3 * (time.process_time() - cpu0) / n
+    return Row(
+        "ceiling (ORT in-process, batch 64)",
+        "1x64",
+        n,
+        64 * n,
+        elapsed,
+        codes={"OK": n},
+        cpu_ms_per_call={"client": cpu_ms},
+        images_per_s=64 * n / elapsed,
+    )
+
+
+def _z(items: int, latent: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((items, latent)).astype(np.float32)
+
+
+def generate_request(items: int, latent: int, fmt=pb.IMAGE_FORMAT_RAW) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        embeddings=pb.EmbeddingList(items=[pb.Embedding(values=v) for v in _z(items, latent)]),
+        output=pb.OutputOptions(format=fmt),
+    )
+
+
+def channels(target: str, clients: int) -> list[grpc.aio.Channel]:
+    n = max(1, -(-clients // CLIENTS_PER_CONNECTION))
+    return [grpc.aio.insecure_channel(target, options=LOCAL) for _ in range(n)]
+
+
+async def gateway_rows(
+    target: str, latent: int, cpu: Cpu, seconds: float, name: str, shapes, png_shapes, stream
+) -> list[Row]:
+    rows = []
+    todo = [(s, pb.IMAGE_FORMAT_RAW) for s in shapes] + [
+        (s, pb.IMAGE_FORMAT_PNG) for s in png_shapes
+    ]
+    for shape, fmt in todo:
+        clients, items = SHAPES[shape]
+        chans = channels(target, clients)
+        stubs = [pb_grpc.LatentServiceStub(c) for c in chans]
+        req = generate_request(items, latent, fmt)
+
+        def call(stub, req=req):
+            async def one() -> int:
+                return len((await stub.Generate(req, timeout=30)).images)
+
+            return one
+
+        calls = [call(stubs[i % len(stubs)]) for i in range(clients)]
+        label = name + (", PNG" if fmt == pb.IMAGE_FORMAT_PNG else "")
+        rows.append(await measure(label, shape, calls, cpu, seconds))
+        for c in chans:
+            await c.close()
+    if stream:
+        rows.append(await stream_row(target, latent, cpu, seconds, name))
+    return rows
+
+
+async def stream_row(target: str, latent: int, cpu: Cpu, seconds: float, name: str) -> Row:
+    """64 clients, each one GenerateStream kept open, one 1-embedding message after another
+    (the next sent when the previous answer arrived): the 64x1 load without a call each."""
+    chans = channels(target, 64)
+    streams = []
+    req = generate_request(1, latent)
+    for i in range(64):
+        stub = pb_grpc.LatentServiceStub(chans[i % len(chans)])
+        streams.append(stub.GenerateStream(timeout=seconds * 4 + 60))
+
+    def call(s):
+        async def one() -> int:
+            await s.write(req)
+            got = await s.read()
+            if got is grpc.aio.EOF:
+                raise RuntimeError("the stream ended early")
+            if got.HasField("error"):
+                raise RuntimeError(got.error.message)
+            return len(got.response.images)
+
+        return one
+
+    row = await measure(f"{name}, GenerateStream", "64x1", [call(s) for s in streams], cpu, seconds)
+    for s in streams:
+        await s.done_writing()
+    for c in chans:
+        await c.close()
+    return row
+
+
+async def triton_rows(url: str, model: str, latent: int, cpu: Cpu, seconds: float, shapes):
+    rows = []
+    for shape in shapes:
+        clients_n, items = SHAPES[shape]
+        n = max(1, -(-clients_n // CLIENTS_PER_CONNECTION))
+        clients = [triton_aio.InferenceServerClient(url, channel_args=LOCAL) for _ in range(n)]
+        z = _z(items, latent)
+
+        def call(client, z=z):
+            async def one() -> int:
+                inp = triton_aio.InferInput("z", list(z.shape), "FP32")
+                inp.set_data_from_numpy(z)
+                out = await client.infer(model, [inp], client_timeout=30)
+                return len(out.as_numpy("image"))
+
+            return one
+
+        calls = [call(clients[i % n]) for i in range(clients_n)]
+        rows.append(await measure("triton", shape, calls, cpu, seconds))
+        for c in clients:
+            await c.close()
+    return rows
+
+
+def bare_rows(answer_bytes: int, request: bytes, seconds: float, loops) -> list[Row]:
+    rows = []
+    for loop in loops:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BARE, str(port), str(answer_bytes), loop],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+
+            async def run(port=port, proc=proc, loop=loop):
+                chans = channels(f"127.0.0.1:{port}", 64)
+                methods = [c.unary_unary("/bare/Call") for c in chans]
+
+                def call(m):
+                    async def one() -> int:
+                        await m(request, timeout=30)
+                        return 1
+
+                    return one
+
+                cpu = Cpu({"gateway": proc.pid})
+                calls = [call(methods[i % len(methods)]) for i in range(64)]
+                row = await measure(f"bare grpc.aio, {loop}", "64x1", calls, cpu, seconds)
+                for c in chans:
+                    await c.close()
+                return row
+
+            rows.append(asyncio.run(run()))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return rows
+
+
+def find(rows: list[Row], name: str, shape: str) -> Row | None:
+    return next((r for r in rows if r.name == name and r.shape == shape), None)
+
+
+def targets(rows: list[Row]) -> list[dict]:
+    """Issue 18's targets, each from rows of this run (None where a row is missing)."""
+    gw, asy = "gateway, uvloop", "gateway, asyncio"
+
+    def get(name, shape):
+        return find(rows, name, shape)
+
+    def ratio(a: Row | None, b: Row | None, f) -> float | None:
+        return f(a) / f(b) if a and b and f(b) else None
+
+    def gw_cpu(r: Row) -> float:
+        return r.cpu_ms_per_call["gateway"]
+
+    def img(r: Row) -> float:
+        return r.images_per_s
+
+    ceil = rows[0]
+    out = [
+        (
+            "T1 non-OK calls in every row",
+            sum(n for r in rows for c, n in r.codes.items() if c != "OK"),
+            "<=",
+            0,
+        ),
+        (
+            "T2 gateway CPU/call 64x1, uvloop / asyncio",
+            ratio(get(gw, "64x1"), get(asy, "64x1"), gw_cpu),
+            "<=",
+            0.85,
+        ),
+        (
+            "T3 gateway img/s 4x64 / Triton direct 4x64",
+            ratio(get(gw, "4x64"), get("triton", "4x64"), img),
+            ">=",
+            0.9,
+        ),
+        ("T3 gateway img/s 4x64 / ceiling", ratio(get(gw, "4x64"), ceil, img), ">=", 0.85),
+        ("T3 gateway img/s 16x8 / ceiling", ratio(get(gw, "16x8"), ceil, img), ">=", 0.75),
+        (
+            "T4 gateway img/s 64x1, PNG / RAW",
+            ratio(get(gw + ", PNG", "64x1"), get(gw, "64x1"), img),
+            ">=",
+            0.8,
+        ),
+        (
+            "T4 gateway CPU/image 64x1, PNG / RAW",
+            ratio(get(gw + ", PNG", "64x1"), get(gw, "64x1"), gw_cpu),
+            "<=",
+            1.5,
+        ),
+        (
+            "T5 gateway CPU/call 64x1 / bare grpc.aio (same loop)",
+            ratio(get(gw, "64x1"), get("bare grpc.aio, uvloop", "64x1"), gw_cpu),
+            "<=",
+            1.5,
+        ),
+        (
+            "T6 p50 at 1x1, gateway / Triton direct",
+            ratio(get(gw, "1x1"), get("triton", "1x1"), lambda r: r.p50_ms),
+            "<=",
+            1.25,
+        ),
+        (
+            "T7 gateway CPU/item, GenerateStream / unary 64x1",
+            ratio(get(gw + ", GenerateStream", "64x1"), get(gw, "64x1"), gw_cpu),
+            "<=",
+            0.5,
+        ),
+    ]
+    result = []
+    for name, value, op, target in out:
+        met = None if value is None else (value <= target if op == "<=" else value >= target)
+        result.append({"target": name, "value": value, "op": op, "goal": target, "met": met})
+    g, t = get(gw, "1x1"), get("triton", "1x1")
+    if g and t:
+        result.append(
+            {"target": "T6 ms the gateway adds at 1x1 (p50)", "value": g.p50_ms - t.p50_ms}
+        )
+    return result
+
+
+def chart(rows: list[Row], path: Path, title: str) -> None:
+    """Images per second and CPU per image by process, one bar per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.name} {r.shape}" for r in rows]
+    y = np.arange(len(rows))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 0.42 * len(rows) + 1.6), sharey=True)
+    a.barh(y, [r.images_per_s for r in rows], color="#4c72b0")
+    a.set_xlabel("images per second")
+    a.set_yticks(y, labels)
+    a.invert_yaxis()
+    left = np.zeros(len(rows))
+    for proc, color in (("client", "#999999"), ("gateway", "#dd8452"), ("triton", "#55a868")):
+        ms = np.array([r.cpu_ms_per_image(proc) if proc in r.cpu_ms_per_call else 0 for r in rows])
+        b.barh(y, ms, left=left, color=color, label=proc)
+        left += ms
+    b.set_xlabel("CPU ms per image (user + system)")
+    b.legend(loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -126,77 +441,86 @@ def main() -> None:
     )
     p.add_argument("--repository", required=True)
     p.add_argument("--model", default="vaegan_decoder")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    p.add_argument("--out", default=None)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per row")
+    p.add_argument("--out", default=None, help="JSON of every row and target")
+    p.add_argument("--chart", default=None, help="PNG chart of the rows")
     a = p.parse_args()
     repo = Path(a.repository)
     latent = latent_dim(repo, a.model)
-    results: dict = {}
-    steps = tqdm(total=4, desc="gateway bench", unit="setup")
-    results["ceiling"] = ceiling(repo, a.model, latent, a.duration)
-    steps.update()
+    rows: list[Row] = []
+    shapes = list(SHAPES)
+    progress = tqdm(total=6, desc="gateway bench", unit="setup")
+    rows.append(ceiling(repo, a.model, latent, a.duration))
+    progress.update()
     with LocalTriton(repo) as triton:
-        results["triton_direct"] = asyncio.run(
-            bench_triton(triton.grpc_url, a.model, latent, a.clients, a.duration)
+        cpu = Cpu({"triton": triton.process.pid})
+        rows += asyncio.run(triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes))
+        progress.update()
+        # The bare server answers with the bytes of the gateway's 1-image RAW response.
+        with gateway_process(triton.grpc_url) as gw:
+            one = grpc.insecure_channel(gw.target)
+            req = generate_request(1, latent)
+            answer = pb_grpc.LatentServiceStub(one).Generate(req, timeout=30)
+            one.close()
+        rows += bare_rows(
+            answer.ByteSize(), req.SerializeToString(), a.duration, ("asyncio", "uvloop")
         )
-        steps.update()
-        for batching in (True, False):
-            flags = ("--batching", str(batching).lower())
-            with gateway_process(triton.grpc_url, *flags, metrics=False) as gw:
-                key = "gateway_batching_on" if batching else "gateway_batching_off"
-                results[key] = asyncio.run(bench_gateway(gw.target, latent, a.clients, a.duration))
-            steps.update()
-    steps.close()
-    top, one = max(a.clients), min(a.clients)
-    on, off, direct = (
-        results["gateway_batching_on"],
-        results["gateway_batching_off"],
-        results["triton_direct"],
+        progress.update()
+        runs = [
+            ("gateway, uvloop", ["--event-loop", "uvloop"], shapes, ["64x1", "4x64"], False),
+            ("gateway, asyncio", ["--event-loop", "asyncio"], shapes, [], False),
+            ("gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
+        ]
+        for name, flags, raw, png, stream in runs:
+            with gateway_process(triton.grpc_url, *flags) as gw:
+                cpu = Cpu({"gateway": gw.process.pid, "triton": triton.process.pid})
+                rows += asyncio.run(
+                    gateway_rows(gw.target, latent, cpu, a.duration, name, raw, png, stream)
+                )
+            progress.update()
+    progress.close()
+    found = targets(rows)
+    print(
+        f"\n{'row':<34} {'CxK':>5} {'calls/s':>8} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'CPU ms/call: client':>19} {'gateway':>8} {'triton':>7}  codes"
     )
-    ratios = {
-        f"batching_on_over_off_at_{top}": on[top]["throughput_per_s"]
-        / off[top]["throughput_per_s"],
-        f"gateway_over_ceiling_at_{top}": on[top]["throughput_per_s"]
-        / results["ceiling"]["throughput_per_s"],
-        f"gateway_p50_over_triton_p50_at_{one}": on[one]["p50_ms"] / direct[one]["p50_ms"],
-    }
-    print(f"\n{'setup':<22} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  codes")
-    for name in ("gateway_batching_on", "gateway_batching_off", "triton_direct"):
-        for n, r in results[name].items():
-            print(
-                f"{name:<22} {n:>7} {r['throughput_per_s']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {r['codes']}"
-            )
-    print(f"{'ceiling (ORT, b=64)':<22} {'-':>7} {results['ceiling']['throughput_per_s']:>9.1f}")
-    targets = {
-        f"batching_on_over_off_at_{top}": (">=", 3.0),
-        f"gateway_over_ceiling_at_{top}": (">=", 0.6),
-        f"gateway_p50_over_triton_p50_at_{one}": ("<=", 1.25),
-    }
-    for k, v in ratios.items():
-        op, target = targets[k]
-        met = v >= target if op == ">=" else v <= target
-        print(f"{k:<36} {v:6.2f}  (target {op} {target}: {'met' if met else 'MISSED'})")
-    if a.out:
-        Path(a.out).write_text(
-            json.dumps(
-                {
-                    "benchmark": "gateway",
-                    "duration_s": a.duration,
-                    "clients": a.clients,
-                    "ratios": ratios,
-                    "machine": {
-                        "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(),
-                    },
-                    "results": {
-                        k: ({str(n): r for n, r in v.items()} if k != "ceiling" else v)
-                        for k, v in results.items()
-                    },
-                },
-                indent=2,
-            )
+    for r in rows:
+        c = r.cpu_ms_per_call
+
+        def ms(k, c=c):
+            return f"{c[k]:.3f}" if k in c else "-"
+
+        p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else "-"
+        p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
+        print(
+            f"{r.name:<34} {r.shape:>5} {r.calls_per_s:>8.0f} {r.images_per_s:>8.0f} {p50:>7} "
+            f"{p99:>7} {ms('client'):>19} {ms('gateway'):>8} {ms('triton'):>7}  {r.codes}"
         )
+    print()
+    for t in found:
+        v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        if "goal" not in t:
+            print(f"{t['target']:<56} {v:>8}")
+            continue
+        met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        print(f"{t['target']:<56} {v:>8}  (target {t['op']} {t['goal']}: {met})")
+    machine = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    if a.out:
+        report = {
+            "benchmark": "gateway",
+            "duration_s": a.duration,
+            "machine": machine,
+            "rows": [{**asdict(r), "calls_per_s": r.calls_per_s} for r in rows],
+            "targets": found,
+        }
+        Path(a.out).write_text(json.dumps(report, indent=2))
+    if a.chart:
+        chart(
+            rows, Path(a.chart), f"gateway bench, {a.duration:g} s per row, {machine['cpus']} CPUs"
+        )
+    bad = {f"{r.name} {r.shape}": r.codes for r in rows if set(r.codes) - {"OK"}}
+    if bad:
+        sys.exit(f"calls ended with non-OK codes: {bad}")
 
 
 if __name__ == "__main__":

@@ -4,21 +4,27 @@ call it through a real gRPC channel on loopback with the sync client."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import replace
 
 from vaegan.host import free_port
-from vaegan.service.server import Running, start
+from vaegan.service.server import Running, new_event_loop, start
 from vaegan.service.settings import Settings
 
 
 class GatewayThread:
     def __init__(self, settings: Settings):
         # Always free loopback ports: the defaults (50051, 9090) would collide between gateways.
+        # VAEGAN_EVENT_LOOP runs the suite on another loop, as it does `vaegan serve`.
         self.settings = replace(
-            settings, host="127.0.0.1", port=free_port(), metrics_port=free_port()
+            settings,
+            host="127.0.0.1",
+            port=free_port(),
+            metrics_port=free_port(),
+            event_loop=os.environ.get("VAEGAN_EVENT_LOOP", settings.event_loop),
         )
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(self.settings.event_loop)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.running: Running | None = None
 

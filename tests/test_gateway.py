@@ -4,6 +4,7 @@ embedded ONNX Runtime and the real local Triton serving the same exported reposi
 from __future__ import annotations
 
 import io
+import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,6 +100,42 @@ def test_png_and_jpeg_outputs_decode_to_the_raw_pixels(gateway):
         np.abs(np.asarray(Image.open(io.BytesIO(jpg.images[0].data))).astype(int) - px).mean() < 8
     )
     assert raw.decoder_version == "1"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (32, 32), (64, 48)])
+def test_png_writer_makes_standard_files_that_decode_to_the_exact_pixels(shape):
+    from vaegan.service.codecs import encode_png
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)  # every byte value, wraps
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    smooth = np.stack([x * 3, y * 5, x + y], -1).astype(np.uint8)[None]
+    pixels = np.concatenate([noise, smooth])
+    files = encode_png(pixels)
+    assert len(files) == 3
+    for data, px in zip(files, pixels, strict=True):
+        Image.open(io.BytesIO(data)).verify()  # signature, chunk CRCs
+        im = Image.open(io.BytesIO(data))
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (shape[1], shape[0]))
+        assert np.array_equal(np.asarray(im), px)
+
+
+def test_jpeg_writer_subsamples_chroma_as_pillow_does_and_honours_quality():
+    from PIL import JpegImagePlugin
+
+    from vaegan.service.codecs import encode_jpeg
+
+    y, x = np.mgrid[:64, :64]
+    px = np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8)
+    low, high = encode_jpeg(px, 30), encode_jpeg(px, 95)
+    im = Image.open(io.BytesIO(high))
+    assert im.format == "JPEG" and JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
+    assert len(low) < len(high)
+    err = {
+        q: np.abs(np.asarray(Image.open(io.BytesIO(d))).astype(int) - px).mean()
+        for q, d in ((30, low), (95, high))
+    }
+    assert err[95] < err[30] and err[95] < 2
 
 
 def test_encode_is_deterministic_and_preprocesses_as_training_did(client, torch_model):
@@ -534,8 +571,31 @@ def test_vaegan_serve_process_takes_env_settings_and_exits_cleanly_on_sigterm(re
         assert proc.wait(30) == 0
         out = proc.stdout.read()
         assert f"port={port}" in out and "shutting down" in out  # settings printed at start
+        loop = "asyncio" if os.environ.get("VAEGAN_EVENT_LOOP") == "asyncio" else "uvloop"
+        assert f"{loop} event loop" in out
     finally:
         proc.kill()
+
+
+def test_event_loop_setting_picks_uvloop_when_installed_and_asyncio_when_asked():
+    import asyncio
+
+    import uvloop
+
+    from vaegan.errors import VaeganError
+    from vaegan.service.server import new_event_loop
+
+    for kind, expected in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop)):
+        loop = new_event_loop(kind)
+        assert isinstance(loop, expected)
+        loop.close()
+    loop = new_event_loop("asyncio")
+    assert type(loop) is type(asyncio.new_event_loop()) and not isinstance(loop, uvloop.Loop)
+    loop.close()
+    with pytest.raises(
+        VaeganError, match="--event-loop 'trio': choose one of auto, asyncio, uvloop"
+    ):
+        Settings(model_repository="x", event_loop="trio").check()
 
 
 def _serving(h) -> bool:

@@ -65,10 +65,9 @@ def register(sub) -> None:
 
 
 def serve(a: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
-    from vaegan.service.server import serve
+    from vaegan.service.server import run
     from vaegan.service.settings import from_args
 
     logging.basicConfig(
@@ -81,7 +80,7 @@ def serve(a: argparse.Namespace) -> int:
     # decode memory budget bounds what the process holds.
     return_large_allocations()
     print(f"vaegan serve: {settings.describe()}", flush=True)
-    asyncio.run(serve(settings))
+    run(settings)
     return 0
 
 

@@ -219,13 +219,48 @@ async def _watch_health(backend: Backend, h, metrics: Metrics, every: float) -> 
             log.exception("health check failed")
 
 
+def uses_uvloop(kind: str) -> bool:
+    """Whether ``--event-loop kind`` runs on uvloop (auto: when it is installed)."""
+    if kind == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if kind == "uvloop":
+            raise VaeganError(
+                "--event-loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return False
+    return True
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if uses_uvloop(kind):
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(s: Settings) -> None:
+    """``serve(s)`` on the event loop ``s.event_loop`` names, until SIGTERM or SIGINT."""
+    s.check()
+    if uses_uvloop(s.event_loop):
+        import uvloop
+
+        uvloop.run(serve(s))
+    else:
+        asyncio.run(serve(s))
+
+
 async def serve(s: Settings) -> None:
     running = await start(s)
     log.info(
-        "vaegan gateway %s on port %d (%s); settings: %s",
+        "vaegan gateway %s on port %d (%s, %s event loop); settings: %s",
         __version__,
         running.port,
         running.core.backend.kind,
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
         s.describe(),
     )
     stop = asyncio.Event()
