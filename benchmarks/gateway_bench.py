@@ -467,7 +467,7 @@ def main() -> None:
         )
         progress.update()
         runs = [
-            ("gateway, uvloop", ["--event-loop", "uvloop"], shapes, ["64x1", "4x64"], False),
+            ("gateway, uvloop", ["--event-loop", "uvloop"], shapes, ["64x1", "4x64"], True),
             ("gateway, asyncio", ["--event-loop", "asyncio"], shapes, [], False),
             ("gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
         ]

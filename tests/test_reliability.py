@@ -433,8 +433,9 @@ def test_a_connection_past_its_stream_limit_is_held_back_by_the_transport(repo):
         stub.Generate(req, timeout=15)
         os.kill(triton.process.pid, signal.SIGSTOP)  # the two accepted streams now wait
         try:
-            stuck = [stub.Generate.future(req, timeout=4) for _ in range(2)]
-            wait_until(lambda: _inflight(gw) == 2)
+            # Long enough to be seen in flight on a busy machine, short enough to end the test.
+            stuck = [stub.Generate.future(req, timeout=8) for _ in range(2)]
+            wait_until(lambda: _inflight(gw) == 2, timeout=7)
             before = _handled_total(gw)
             code, _ = _code(lambda: stub.Generate(req, timeout=1))
             # A client that has the server's SETTINGS waits for a free stream (here: until its
@@ -672,6 +673,7 @@ def test_request_bytes_held_in_flight_are_bounded_and_given_back(repo):
         model_repository=str(repo),
         max_message_bytes=1 << 20,
         request_memory_mb=1,
+        max_stream_message_bytes=64 * 1024,  # an open GenerateStream's share fits the budget
         max_frames=1024,
         max_steps=1024,
     )
@@ -703,6 +705,9 @@ def test_a_request_memory_budget_below_the_message_cap_stops_the_gateway_at_star
     settings = Settings(model_repository="unused", max_message_bytes=4 << 20, request_memory_mb=2)
     with pytest.raises(VaeganError, match="--request-memory-mb 2 is smaller"):
         settings.check()
+    one_stream = Settings(model_repository="unused", max_message_bytes=1 << 20, request_memory_mb=1)
+    with pytest.raises(VaeganError, match="cannot hold one GenerateStream's --max-stream-pending"):
+        one_stream.check()
 
 
 def _unread_streams(target: str, n: int, frames: int = 1024):

@@ -82,13 +82,15 @@ def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str,
         context.set_code(code)
         context.set_details(details)
 
-    if handler is not None and handler.unary_stream is not None:
+    if handler is not None and (handler.unary_stream or handler.stream_stream) is not None:
 
         async def refuse_stream(request, context):
             refuse(context)
             return
             yield  # an async generator that sends nothing
 
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(refuse_stream)
         return grpc.unary_stream_rpc_method_handler(refuse_stream)
 
     async def refuse_unary(request, context):
@@ -105,11 +107,37 @@ def _over_limit(limit: float) -> DeadlineExceeded:
     )
 
 
+async def _timed(items, limit: float):
+    """The messages of a response stream, ended once producing the next would pass ``limit``
+    seconds from now (0: no limit). Only our own work is timed out, never gRPC's write of
+    a message: cancelling that would leave the call hanging."""
+    end = asyncio.get_running_loop().time() + limit if limit else None
+    try:
+        while True:
+            if end is None:
+                nxt = items.__anext__()
+            else:
+                left = end - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise _over_limit(limit)
+                nxt = asyncio.wait_for(items.__anext__(), left)
+            try:
+                item = await nxt
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _over_limit(limit) from None
+            yield item
+    finally:
+        await items.aclose()
+
+
 def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0):
     """``handler`` with its behaviour run inside ``around(request, context)``, an async
-    context manager; unary and server-streaming methods (the only kinds the service has).
-    With ``limit``, the server's own bound on the call's work, deadline or not: a unary call
-    is cut off at it, and a stream ends once producing its next message would pass it."""
+    context manager (``request`` is None for a streaming request: ``parse`` then applies to
+    each of its messages). With ``limit``, the server's own bound on the call's work,
+    deadline or not: a unary call is cut off at it, and a response stream ends once
+    producing its next message would pass it."""
     deserializer = parse or handler.request_deserializer
     if handler.unary_unary is not None:
         inner = handler.unary_unary
@@ -133,31 +161,24 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0
 
         async def stream(request, context):
             async with around(request, context):
-                items = inner_stream(request, context)
-                end = asyncio.get_running_loop().time() + limit if limit else None
-                try:
-                    while True:
-                        # Only our own work is timed out, never gRPC's write of a message:
-                        # cancelling that would leave the call hanging.
-                        if end is None:
-                            nxt = items.__anext__()
-                        else:
-                            left = end - asyncio.get_running_loop().time()
-                            if left <= 0:
-                                raise _over_limit(limit)
-                            nxt = asyncio.wait_for(items.__anext__(), left)
-                        try:
-                            item = await nxt
-                        except StopAsyncIteration:
-                            return
-                        except TimeoutError:
-                            raise _over_limit(limit) from None
-                        yield item
-                finally:
-                    await items.aclose()
+                async for item in _timed(inner_stream(request, context), limit):
+                    yield item
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:
+        inner_bidi = handler.stream_stream
+
+        async def bidi(requests, context):
+            async with around(None, context):
+                async for item in _timed(inner_bidi(requests, context), limit):
+                    yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            bidi,
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -240,9 +261,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         outcomes: Outcomes,
         per_connection: int = 0,
         request_bytes: int = 0,
+        stream_reserve: int = 0,
     ):
         self.lifecycle, self.max_inflight, self.outcomes = lifecycle, max_inflight, outcomes
         self.request_bytes, self.held_bytes = request_bytes, 0
+        # A request stream holds this many bytes of the budget while it is open: what its
+        # messages in progress may take at most (--max-stream-pending x their size limit).
+        self.stream_reserve = stream_reserve
         # One connection may hold at most this many of the slots, so no single caller can
         # take them all (0: half of them; behind a proxy that funnels every caller through
         # one connection, set it to max_inflight).
@@ -281,9 +306,12 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             return self._refusals[key]
         admitted = self._admitted.get(details.method)
         if admitted is None:
-            admitted = self._admitted[details.method] = _wrap(
-                handler, self._admit(method), parse=self._budgeted(handler.request_deserializer)
-            )
+            if handler.stream_stream is not None:  # its messages are held by its reservation
+                admitted = _wrap(handler, self._admit(method, self.stream_reserve))
+            else:
+                parse = self._budgeted(handler.request_deserializer)
+                admitted = _wrap(handler, self._admit(method), parse=parse)
+            self._admitted[details.method] = admitted
         return admitted
 
     def _budgeted(self, deserializer):
@@ -315,11 +343,17 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             "(--request-memory-mb); retry with backoff"
         )
 
-    def _admit(self, method: str):
+    def _admit(self, method: str, reserve: int = 0):
         @contextlib.asynccontextmanager
         async def admitted(request, context):
-            n = _held_bytes.get()
+            n = _held_bytes.get() if request is not None else 0
             try:
+                if reserve and self.request_bytes:
+                    if self.held_bytes + reserve > self.request_bytes:
+                        request, n = _OVER_BUDGET, -reserve
+                    else:
+                        self.held_bytes += reserve
+                        n = reserve
                 if request is _OVER_BUDGET:
                     self.outcomes.count(method, "RESOURCE_EXHAUSTED")
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over_budget(-n))
@@ -365,14 +399,24 @@ class _Malformed:
     def __init__(self, message: str):
         self.message = message
 
+    def __str__(self) -> str:
+        return self.message
 
-def _tolerant(deserializer):
+
+def _tolerant(deserializer, max_bytes: int = 0):
+    """``deserializer`` that turns a body it cannot parse, or one over ``max_bytes`` (left
+    unparsed), into a ``_Malformed`` the handler answers INVALID_ARGUMENT."""
     if deserializer is None:
         return None
     owner = getattr(deserializer, "__self__", None)
     name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
 
     def parse(data: bytes):
+        if max_bytes and len(data) > max_bytes:
+            return _Malformed(
+                f"this message is {len(data)} bytes; a stream's messages may have at most "
+                f"{max_bytes} (--max-stream-message-bytes)"
+            )
         try:
             return deserializer(data)
         except Exception as e:  # protobuf's DecodeError, or anything a parser raises
@@ -390,8 +434,9 @@ def _expired(context) -> bool:
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps what a handler raises to a gRPC status, and records the call's outcome."""
 
-    def __init__(self, outcomes: Outcomes, max_call_s: float = 0.0):
+    def __init__(self, outcomes: Outcomes, max_call_s: float = 0.0, stream_message_bytes: int = 0):
         self.outcomes, self.max_call_s = outcomes, max_call_s
+        self.stream_message_bytes = stream_message_bytes
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details):
@@ -401,10 +446,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
             method = method_label(details.method)
+            # A streaming request's messages each get their own answer, so a malformed or
+            # oversized one is handed to the handler as such instead of ending the stream.
+            cap = self.stream_message_bytes if handler.stream_stream is not None else 0
             wrapped = self._wrapped[details.method] = _wrap(
                 handler,
                 self._status(method),
-                parse=_tolerant(handler.request_deserializer),
+                parse=_tolerant(handler.request_deserializer, cap),
                 limit=self.max_call_s,
             )
         return wrapped

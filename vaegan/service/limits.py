@@ -17,6 +17,8 @@ class Limits:
     max_steps: int  # interpolation frames between two keyframes
     max_frames: int  # frames of a whole interpolation path
     max_message_bytes: int
+    max_stream_pending: int  # GenerateStream messages in progress at once, per stream
+    max_stream_message_bytes: int
 
     @classmethod
     def from_settings(cls, settings) -> Limits:

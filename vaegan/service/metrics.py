@@ -3,6 +3,7 @@
 grpc_server_handled_total{grpc_service, grpc_method, grpc_code}     RPCs completed
 grpc_server_handling_seconds{grpc_service, grpc_method}            RPC latency (histogram)
 vaegan_inflight_requests                                          RPCs being handled
+vaegan_stream_messages_total{grpc_method, grpc_code}              GenerateStream messages answered
 vaegan_batch_size{model}                                          items per backend call (histogram)
 vaegan_queue_wait_seconds{model}                                  time an item waited for its batch
 vaegan_queue_depth{model}                                         items waiting
@@ -41,6 +42,14 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("vaegan_inflight_requests", "RPCs being handled now.", registry=r)
+        # A stream's messages each end with their own code, while grpc_server_handled_total
+        # counts the stream once, when it ends.
+        self.stream_messages = Counter(
+            "vaegan_stream_messages_total",
+            "Messages of request streams answered, by the status code of their answer.",
+            ["grpc_method", "grpc_code"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "vaegan_batch_size",
             "Items per backend call.",
@@ -87,6 +96,14 @@ class Metrics:
             "vaegan_build_info", "Gateway build information.", ["version", "backend"], registry=r
         )
         info.labels(version=version, backend=backend).set(1)
+
+    def start_streams(self, methods) -> None:
+        """The per-message series of the streaming-request ``methods`` at zero (as below)."""
+        import grpc
+
+        for method in methods:
+            for code in grpc.StatusCode:
+                self.stream_messages.labels(method, code.name)
 
     def start_models(self, models) -> None:
         """Every per-model series at zero before the first call: Prometheus takes a

@@ -154,8 +154,9 @@ async def start(s: Settings) -> Running:
             outcomes,
             s.max_inflight_per_connection,
             s.request_memory_mb * MiB,
+            s.stream_reserve_bytes,
         ),
-        StatusInterceptor(outcomes, s.max_call_s),
+        StatusInterceptor(outcomes, s.max_call_s, s.max_stream_message_bytes),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LatentServicer(core)

@@ -4,19 +4,23 @@ as the project's exceptions and the status interceptor turns them into gRPC stat
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import fields
 
+import grpc
 import numpy as np
 
-from vaegan.errors import InvalidInput
+from vaegan.errors import InvalidInput, VaeganError
 from vaegan.service import codecs
 from vaegan.service.core import Key, LatentCore
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 METHODS = (pb.INTERPOLATION_METHOD_LINEAR, pb.INTERPOLATION_METHOD_SPHERICAL)
+log = logging.getLogger("vaegan.service")
 
 
 def _deadline(context) -> float | None:
@@ -43,11 +47,75 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         self.core = core
         lim = core.limits
         self.limits = pb.Limits(**{f.name: getattr(lim, f.name) for f in fields(lim)})
+        core.metrics.start_streams(["GenerateStream"])
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        return await self._generate(request, _deadline(context))
+
+    async def GenerateStream(self, requests, context):
+        """Each message answered as Generate would answer it, tagged with its index, in the
+        order the answers are ready; a message's failure is its answer. At most
+        ``max_stream_pending`` messages are in progress: past that, none is read until an
+        answer has been sent, so a client that sends without reading is held back by HTTP/2
+        flow control, not buffered here."""
+        deadline = _deadline(context)
+        pending = asyncio.Semaphore(self.core.limits.max_stream_pending)
+        answers: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+        counted = self.core.metrics.stream_messages
+
+        async def answer(index: int, request) -> None:
+            try:
+                if not isinstance(request, pb.GenerateRequest):  # unparsed: oversized or malformed
+                    raise InvalidInput(str(request))
+                out = pb.GenerateStreamResponse(
+                    index=index, response=await self._generate(request, deadline)
+                )
+                code = "OK"
+            except VaeganError as e:
+                code, message = e.grpc_code, str(e)
+            except Exception:
+                log.exception("unexpected error in GenerateStream message %d", index)
+                code, message = "INTERNAL", "internal error; the gateway's log has the details"
+            if code != "OK":
+                number = getattr(grpc.StatusCode, code).value[0]
+                error = pb.StreamError(code=number, message=message)
+                out = pb.GenerateStreamResponse(index=index, error=error)
+            counted.labels("GenerateStream", code).inc()
+            answers.put_nowait(out)
+
+        async def read() -> None:
+            index = 0
+            try:
+                async for request in requests:
+                    await pending.acquire()
+                    task = asyncio.create_task(answer(index, request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    index += 1
+                while tasks:
+                    await asyncio.wait(set(tasks))
+                answers.put_nowait(None)
+            except BaseException as e:  # the stream broke, or the call ended: stop answering
+                answers.put_nowait(e)
+                raise
+
+        reader = asyncio.create_task(read())
+        try:
+            while (got := await answers.get()) is not None:
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+                pending.release()
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _generate(self, request: pb.GenerateRequest, deadline) -> pb.GenerateResponse:
         codecs.output_options(request.output)  # before any work
         which = request.WhichOneof("source")
-        version, deadline = request.model_version, _deadline(context)
+        version = request.model_version
         if which == "embeddings":
             items = [_values(e) for e in request.embeddings.items]
             out = await self.core.generate(version, deadline, embeddings=items)

@@ -64,6 +64,11 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_steps: int = 256
     max_frames: int = 1024
+    # GenerateStream: messages of one stream in progress at once (past it the gateway reads no
+    # further), and the largest message. A stream holds their product of --request-memory-mb
+    # while it is open, so streams cannot take more memory than unary calls can.
+    max_stream_pending: int = 8
+    max_stream_message_bytes: int = 256 * 1024
     # The largest request message, counted after decompression. Responses are bounded by
     # max_items and max_frames instead (their size is ours, not the caller's).
     max_message_bytes: int = 16 * MiB
@@ -114,6 +119,15 @@ class Settings:
             )
         if self.decode_memory_mb < 1:
             raise VaeganError("--decode-memory-mb must be at least 1")
+        if self.max_stream_pending < 1 or self.max_stream_message_bytes < 1:
+            raise VaeganError(
+                "--max-stream-pending and --max-stream-message-bytes must be positive"
+            )
+        if self.request_memory_mb * MiB < self.stream_reserve_bytes:
+            raise VaeganError(
+                f"--request-memory-mb {self.request_memory_mb} cannot hold one GenerateStream's "
+                f"--max-stream-pending x --max-stream-message-bytes ({self.stream_reserve_bytes} bytes)"
+            )
         if self.request_memory_mb * MiB < self.max_message_bytes:
             raise VaeganError(
                 f"--request-memory-mb {self.request_memory_mb} is smaller than "
@@ -125,6 +139,11 @@ class Settings:
                 f"--max-batch-size {self.max_batch_size} is larger than --max-queue "
                 f"{self.max_queue}: a full batch could never be queued"
             )
+
+    @property
+    def stream_reserve_bytes(self) -> int:
+        """What an open GenerateStream holds of the request-memory budget."""
+        return self.max_stream_pending * self.max_stream_message_bytes
 
     def describe(self) -> str:
         """One line for the start-up log: tokens are never shown, only how many there are
@@ -176,6 +195,8 @@ HELP = {
     "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from "
     "headers; images needing over 1/16 of it decode in their own lane with 3/4 of it",
     "max_request_pixels": "pixels all images of one request may have together",
+    "max_stream_pending": "GenerateStream messages in progress at once per stream (past it, no further message is read)",
+    "max_stream_message_bytes": "largest GenerateStream message in bytes (larger: INVALID_ARGUMENT for that message)",
     "max_message_bytes": "largest request message in bytes, after decompression",
     "request_memory_mb": "MiB the request messages of all calls in flight may hold together",
     "event_loop": "auto (uvloop when installed), asyncio or uvloop",

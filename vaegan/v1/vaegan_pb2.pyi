@@ -102,6 +102,24 @@ class GenerateResponse(_message.Message):
     decoder_version: str
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., decoder_version: _Optional[str] = ...) -> None: ...
 
+class GenerateStreamResponse(_message.Message):
+    __slots__ = ("index", "response", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    response: GenerateResponse
+    error: StreamError
+    def __init__(self, index: _Optional[int] = ..., response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+
+class StreamError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class EncodeRequest(_message.Message):
     __slots__ = ("images", "sample", "seed", "reconstruction_error", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -210,7 +228,7 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_items", "max_image_bytes", "max_image_pixels", "max_steps", "max_frames", "max_message_bytes", "max_request_pixels")
+    __slots__ = ("max_items", "max_image_bytes", "max_image_pixels", "max_steps", "max_frames", "max_message_bytes", "max_request_pixels", "max_stream_pending", "max_stream_message_bytes")
     MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +236,8 @@ class Limits(_message.Message):
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_PENDING_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_items: int
     max_image_bytes: int
     max_image_pixels: int
@@ -225,7 +245,9 @@ class Limits(_message.Message):
     max_frames: int
     max_message_bytes: int
     max_request_pixels: int
-    def __init__(self, max_items: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_request_pixels: _Optional[int] = ...) -> None: ...
+    max_stream_pending: int
+    max_stream_message_bytes: int
+    def __init__(self, max_items: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_request_pixels: _Optional[int] = ..., max_stream_pending: _Optional[int] = ..., max_stream_message_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("latent_dim", "image_size", "crop_mode", "crop_fraction", "encoder", "decoder", "backend", "limits", "fitted_prior")

@@ -74,6 +74,11 @@ class LatentServiceStub:
                 request_serializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.SerializeToString,
                 response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.stream_stream(
+                '/vaegan.v1.LatentService/GenerateStream',
+                request_serializer=vaegan_dot_v1_dot_vaegan__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=vaegan_dot_v1_dot_vaegan__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
 
 
 class LatentServiceServicer:
@@ -138,6 +143,24 @@ class LatentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateStream(self, request_iterator, context):
+        """Many Generate requests over one stream, for bulk work: a message costs the gateway far
+        less than a call. Each message is handled as a unary Generate would be (the same
+        batching, limits and errors; the stream's deadline, token and in-flight slot) and
+        answered by one GenerateStreamResponse carrying its index; answers may come out of order.
+        A message's own failure (an invalid embedding, a full queue) is its answer, as a
+        StreamError, and the stream goes on. The stream itself ends with a status only for what
+        concerns all of it: auth, admission, its deadline or the server's --max-call-s,
+        cancellation, shutdown. It ends OK once the client has half-closed and every message
+        read has been answered. At most Limits.max_stream_pending messages of a stream are in
+        progress at once; past that the gateway reads no further until an answer is sent
+        (HTTP/2 flow control then holds the sender). A message over
+        Limits.max_stream_message_bytes is answered INVALID_ARGUMENT without being parsed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LatentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +203,11 @@ def add_LatentServiceServicer_to_server(servicer, server):
                     servicer.Analogy,
                     request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.FromString,
                     response_serializer=vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=vaegan_dot_v1_dot_vaegan__pb2.GenerateRequest.FromString,
+                    response_serializer=vaegan_dot_v1_dot_vaegan__pb2.GenerateStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +426,33 @@ class LatentService:
             '/vaegan.v1.LatentService/Analogy',
             vaegan_dot_v1_dot_vaegan__pb2.AnalogyRequest.SerializeToString,
             vaegan_dot_v1_dot_vaegan__pb2.AnalogyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vaegan.v1.LatentService/GenerateStream',
+            vaegan_dot_v1_dot_vaegan__pb2.GenerateRequest.SerializeToString,
+            vaegan_dot_v1_dot_vaegan__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

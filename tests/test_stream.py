@@ -1,0 +1,203 @@
+"""GenerateStream: many Generate requests over one bidirectional stream, against a real
+gateway over loopback (embedded backend, and the real local Triton)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from gateway_harness import GatewayThread, wait_until
+
+from vaegan.export.local_triton import LocalTriton
+from vaegan.service.metrics import metric_value
+from vaegan.service.settings import Settings
+from vaegan.v1 import vaegan_pb2 as pb
+from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
+
+LATENT = 16
+RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+
+
+@pytest.fixture(scope="module", params=["embedded", "triton"])
+def gateway(request, repo):
+    if request.param == "embedded":
+        with GatewayThread(Settings(model_repository=str(repo))) as gw:
+            yield gw
+    else:
+        with LocalTriton(repo) as triton, GatewayThread(Settings(triton_url=triton.grpc_url)) as gw:
+            yield gw
+
+
+def _generate(values, **kw) -> pb.GenerateRequest:
+    items = [pb.Embedding(values=list(map(float, v))) for v in values]
+    return pb.GenerateRequest(embeddings=pb.EmbeddingList(items=items), output=RAW, **kw)
+
+
+def _metrics(gw) -> str:
+    return urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
+
+
+def test_every_message_is_answered_with_its_index_as_unary_generate_answers_it(gateway):
+    stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
+    z = np.random.default_rng(0).standard_normal((30, 2, LATENT)).astype(np.float32)
+    answers = list(stub.GenerateStream(iter([_generate(v) for v in z]), timeout=60))
+    assert sorted(a.index for a in answers) == list(range(30))
+    for a in answers:
+        unary = stub.Generate(_generate(z[a.index]), timeout=30)
+        assert a.WhichOneof("result") == "response"
+        assert [i.data for i in a.response.images] == [i.data for i in unary.images]
+        assert a.response.decoder_version == unary.decoder_version
+
+
+def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(gateway):
+    stub = pb_grpc.LatentServiceStub(grpc.insecure_channel(gateway.target))
+    good = _generate([[0.1] * LATENT])
+    bad = [
+        _generate([[0.1] * (LATENT + 1)]),  # wrong length
+        _generate([[float("nan")] * LATENT]),
+        pb.GenerateRequest(sample=pb.Sample(count=1, temperature=3e38)),
+        pb.GenerateRequest(),  # no source
+        _generate([[0.1] * LATENT], model_version="01"),
+    ]
+    before = metric_value(
+        _metrics(gateway), "vaegan_stream_messages_total", grpc_code="INVALID_ARGUMENT"
+    )
+    answers = list(stub.GenerateStream(iter([good, *bad, good]), timeout=30))
+    by_index = {a.index: a for a in answers}
+    assert sorted(by_index) == list(range(len(bad) + 2))
+    assert by_index[0].HasField("response") and by_index[len(bad) + 1].HasField("response")
+    for i in range(1, len(bad) + 1):
+        err = by_index[i].error
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], err
+        assert err.message and "Traceback" not in err.message
+    assert "latent size is 16" in by_index[1].error.message
+    after = metric_value(
+        _metrics(gateway), "vaegan_stream_messages_total", grpc_code="INVALID_ARGUMENT"
+    )
+    assert after - before == len(bad)
+
+
+def test_a_message_over_the_size_limit_is_answered_unparsed_and_so_is_a_malformed_one(gateway):
+    channel = grpc.insecure_channel(gateway.target)
+    # Raw bytes on the wire: a body that is not protobuf, and one over 256 KiB.
+    call = channel.stream_stream(
+        "/vaegan.v1.LatentService/GenerateStream",
+        request_serializer=None,
+        response_deserializer=pb.GenerateStreamResponse.FromString,
+    )
+    good = _generate([[0.2] * LATENT]).SerializeToString()
+    big = _generate([[0.2] * LATENT] * 5000).SerializeToString()
+    assert len(big) > 256 * 1024
+    answers = {a.index: a for a in call(iter([b"\xff\xff\xff", big, good]), timeout=30)}
+    assert (
+        answers[0].error.code == answers[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    )
+    assert "not a valid vaegan.v1.GenerateRequest" in answers[0].error.message
+    assert "--max-stream-message-bytes" in answers[1].error.message
+    assert answers[2].HasField("response")
+    channel.close()
+
+
+def test_a_client_that_sends_without_reading_is_held_back_not_buffered(repo):
+    # No BDP probing: the flow-control windows stay small, so the gateway's answers back up
+    # after a few, and then it must stop reading the client's messages.
+    options = [("grpc.http2.bdp_probe", 0)]
+    with GatewayThread(Settings(model_repository=str(repo), max_stream_pending=4)) as gw:
+        channel = grpc.insecure_channel(gw.target, options=options)
+        stub = pb_grpc.LatentServiceStub(channel)
+        sent = 0
+        msg = _generate([[0.3] * LATENT] * 64)  # 64 RAW 32x32 images per answer: ~200 KB
+
+        def requests():
+            nonlocal sent
+            for _ in range(2000):
+                sent += 1
+                yield msg
+
+        call = stub.GenerateStream(requests())
+        time.sleep(3.0)  # nothing is read meanwhile
+        answered = metric_value(_metrics(gw), "vaegan_stream_messages_total", grpc_code="OK")
+        # What the gateway took in is its 4 in progress plus what fits in the windows.
+        assert answered < 40, answered
+        assert sent < 2000
+        for got, _ in enumerate(call, 1):  # reading lets everything through
+            if got == 100:
+                break
+        call.cancel()
+        wait_until(lambda: metric_value(_metrics(gw), "vaegan_inflight_requests") == 0, timeout=10)
+        channel.close()
+
+
+def test_an_open_stream_holds_its_share_of_the_request_memory_budget(repo):
+    # Each stream reserves 4 x 128 KiB = 512 KiB of a 1 MiB budget: two fit, a third waits
+    # for neither and is refused at once.
+    settings = Settings(
+        model_repository=str(repo),
+        request_memory_mb=1,
+        max_message_bytes=1 << 20,
+        max_stream_pending=4,
+        max_stream_message_bytes=128 * 1024,
+    )
+    with GatewayThread(settings) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        stub = pb_grpc.LatentServiceStub(channel)
+        hold = threading.Event()
+
+        def idle():
+            yield _generate([[0.0] * LATENT])
+            hold.wait(30)
+
+        open_streams = [stub.GenerateStream(idle(), timeout=60) for _ in range(2)]
+        for s in open_streams:
+            assert next(s).HasField("response")
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.GenerateStream(iter([_generate([[0.0] * LATENT])]), timeout=10))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--request-memory-mb" in e.value.details()
+        hold.set()
+        for s in open_streams:
+            assert list(s) == []  # ended OK once the client half-closed
+        # Their reservations were given back.
+        answers = list(stub.GenerateStream(iter([_generate([[0.0] * LATENT])]), timeout=10))
+        assert len(answers) == 1 and answers[0].HasField("response")
+        channel.close()
+
+
+def test_a_stream_needs_a_token_like_any_call(repo):
+    with GatewayThread(Settings(model_repository=str(repo), auth_tokens="s3cret")) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        stub = pb_grpc.LatentServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.GenerateStream(iter([_generate([[0.0] * LATENT])]), timeout=10))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answers = stub.GenerateStream(
+            iter([_generate([[0.0] * LATENT])]),
+            timeout=10,
+            metadata=[("authorization", "Bearer s3cret")],
+        )
+        assert [a.HasField("response") for a in answers] == [True]
+        channel.close()
+
+
+def test_a_stream_past_the_servers_call_limit_ends_with_deadline_exceeded(repo):
+    with GatewayThread(Settings(model_repository=str(repo), max_call_s=0.5)) as gw:
+        channel = grpc.insecure_channel(gw.target)
+        stub = pb_grpc.LatentServiceStub(channel)
+
+        def forever():
+            while True:
+                yield _generate([[0.0] * LATENT])
+                time.sleep(0.05)
+
+        got = 0
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in stub.GenerateStream(forever()):
+                got += 1
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "--max-call-s" in e.value.details() and got > 0
+        wait_until(lambda: metric_value(_metrics(gw), "vaegan_inflight_requests") == 0, timeout=10)
+        channel.close()
