@@ -201,3 +201,18 @@ def test_a_stream_past_the_servers_call_limit_ends_with_deadline_exceeded(repo):
         assert "--max-call-s" in e.value.details() and got > 0
         wait_until(lambda: metric_value(_metrics(gw), "vaegan_inflight_requests") == 0, timeout=10)
         channel.close()
+
+
+def test_the_python_client_streams_requests_and_returns_each_answer_or_its_error(gateway):
+    from vaegan.client import LatentClient
+
+    z = np.random.default_rng(1).standard_normal((12, 3, LATENT)).astype(np.float32)
+    requests = [*z[:6], np.zeros((1, LATENT + 2), np.float32), *z[6:]]
+    with LatentClient(gateway.target) as c:
+        answers = {a.index: a for a in c.generate_stream(requests)}
+        assert sorted(answers) == list(range(13))
+        assert answers[6].error[0] == "INVALID_ARGUMENT" and answers[6].images is None
+        for i, want in enumerate([*range(6), *range(6, 12)]):
+            a = answers[i if i < 6 else i + 1]
+            images, used = c.generate(z[want])
+            assert np.array_equal(a.images, images) and np.array_equal(a.embeddings, used)

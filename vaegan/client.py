@@ -4,6 +4,8 @@
         images, z = c.generate(seed=1, count=16)          # uint8 [16, 64, 64, 3], float32 [16, L]
         mu = c.encode([open("a.jpg", "rb").read()]).mu    # float32 [1, L]
         frames, path = c.interpolate([b_png, z[0]], steps=8)
+        for a in c.generate_stream(z_batches):                # bulk: one stream, many requests
+            ...                                               # a.index, a.images or a.error
 
 Images come back as uint8 arrays (the gateway is asked for RAW pixels). Errors raise
 ``grpc.RpcError`` with the gateway's status code and message. While many of its calls end
@@ -33,6 +35,19 @@ class Encoded:
     z: np.ndarray | None
     reconstruction_mse: np.ndarray | None
     encoder_version: str
+
+
+@dataclass
+class StreamAnswer:
+    """One request's answer on a GenerateStream: its images and vectors, or its error."""
+
+    index: int  # the request's position in the stream, from 0
+    images: np.ndarray | None  # uint8 [k, H, W, 3]
+    embeddings: np.ndarray | None  # float32 [k, L]
+    error: tuple[str, str] | None = None  # (gRPC status code name, message)
+
+
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 def pixels(images) -> np.ndarray:
@@ -114,6 +129,29 @@ class LatentClient:
         req.model_version = model_version
         r = self.stub.Generate(req, timeout=self.timeout, metadata=self.metadata)
         return pixels(r.images), vectors(r.embeddings)
+
+    def generate_stream(self, requests, *, model_version: str = "", timeout: float | None = None):
+        """Many Generate requests over one GenerateStream, for bulk work: ``requests`` is an
+        iterable of embedding arrays, one [k, latent] array per request, sent as it is
+        consumed. Yields a ``StreamAnswer`` per request as the gateway answers, possibly out
+        of order; a request's failure is its answer's ``error`` and the stream goes on.
+        ``timeout`` bounds the whole stream (default none: the gateway's --max-call-s)."""
+
+        def messages():
+            for z in requests:
+                yield pb.GenerateRequest(
+                    embeddings=pb.EmbeddingList(items=[_embedding(e) for e in z]),
+                    output=self.RAW,
+                    model_version=model_version,
+                )
+
+        for a in self.stub.GenerateStream(messages(), timeout=timeout, metadata=self.metadata):
+            if a.HasField("error"):
+                code = _CODE_NAMES.get(a.error.code, str(a.error.code))
+                yield StreamAnswer(a.index, None, None, (code, a.error.message))
+            else:
+                r = a.response
+                yield StreamAnswer(a.index, pixels(r.images), vectors(r.embeddings))
 
     def encode(
         self,
