@@ -24,6 +24,8 @@ LIMITS = Limits(
     max_steps=1,
     max_frames=1,
     max_message_bytes=1 << 21,
+    max_stream_pending=1,
+    max_stream_message_bytes=1 << 18,
 )
 
 
