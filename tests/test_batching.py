@@ -131,6 +131,7 @@ class PickyBackend:
 
     async def __call__(self, batch, timeout):
         self.calls.append(len(batch))
+        await asyncio.sleep(0.02)  # long enough for the next callers to queue behind it
         if np.isnan(batch).any():
             raise InvalidInput("the batch holds a NaN")
         return {"out": batch * 2}, "1"
@@ -154,6 +155,40 @@ def test_a_batch_refused_as_invalid_fails_only_the_request_that_carries_the_bad_
         with pytest.raises(InvalidInput, match="NaN"):
             await bad
         assert backend.calls[1] == 4  # the four shared one call first, then were split
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_to_an_idle_batcher_goes_out_from_the_callers_own_task_at_once():
+    async def scenario():
+        tasks = []
+
+        async def backend(batch, timeout):
+            tasks.append(asyncio.current_task())
+            return {"out": batch * 2}, "1"
+
+        b = _batcher(backend, max_wait_s=1.0)
+        caller_task = asyncio.ensure_future(b.submit(np.ones((1, 2)), time.monotonic() + 5))
+        out, _ = await caller_task
+        assert out["out"].tolist() == [[2.0, 2.0]]
+        assert tasks == [caller_task]  # no queue, no batching task: the caller's own task
+        # Busy again: a call that arrives while one is in flight waits for company as usual.
+        backend_gate = asyncio.Event()
+
+        async def slow(batch, timeout):
+            tasks.append(asyncio.current_task())
+            await backend_gate.wait()
+            return {"out": batch}, "1"
+
+        b.run = slow
+        first = asyncio.ensure_future(b.submit(np.ones((1, 2)), None))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(b.submit(np.ones((1, 2)), None))
+        await asyncio.sleep(0.01)
+        backend_gate.set()
+        await asyncio.gather(first, second)
+        assert tasks[1] is first and tasks[2] is not second  # the second went through the queue
         await b.close()
 
     asyncio.run(scenario())

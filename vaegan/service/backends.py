@@ -78,8 +78,9 @@ class Backend(abc.ABC):
             code = "INTERNAL"
             raise
         finally:
-            self.metrics.backend_requests.labels(model, code).inc()
-            self.metrics.backend_latency.labels(model).observe(time.monotonic() - t)
+            series = self.metrics.model(model)
+            series.backend_requests[code].inc()
+            series.backend_latency.observe(time.monotonic() - t)
 
 
 class OnnxBackend(Backend):

@@ -153,7 +153,7 @@ class LatentCore:
         return (await self._batchers[key].submit(array, deadline))[0]
 
     async def _call(self, role: str, meta: ModelMeta, array: np.ndarray, timeout: float):
-        self.metrics.batch_size.labels(meta.name).observe(len(array))
+        self.metrics.model(meta.name).batch_size.observe(len(array))
         return await self.backend.infer(role, meta.version, array, timeout)
 
     def _timeout(self, deadline: float | None) -> float:
