@@ -216,3 +216,74 @@ def test_the_python_client_streams_requests_and_returns_each_answer_or_its_error
             a = answers[i if i < 6 else i + 1]
             images, used = c.generate(z[want])
             assert np.array_equal(a.images, images) and np.array_equal(a.embeddings, used)
+
+
+def test_batch_job_sends_embedding_lines_as_stream_messages_not_calls(gateway, tmp_path):
+    import json
+
+    from vaegan.batch_job import run_job
+    from vaegan.client import LatentClient
+
+    def count(name, **labels):
+        return metric_value(_metrics(gateway), name, **labels)
+
+    before = (
+        count("vaegan_stream_messages_total", grpc_code="OK"),
+        count("grpc_server_handled_total", grpc_method="Generate"),
+        count("grpc_server_handled_total", grpc_method="GenerateStream"),
+    )
+    lines = [{"embeddings": [0.1 * i] * LATENT, "key": i} for i in range(30)]
+    lines[7] = {"embeddings": [0.0] * (LATENT + 1), "key": 7}  # the gateway refuses this one
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with LatentClient(gateway.target) as client:
+        counts = run_job(client, src, tmp_path / "out.jsonl", concurrency=16, progress=False)
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert counts == {"ok": 29, "errors": 1}
+    assert [o["key"] for o in out] == list(range(30))
+    assert (
+        out[7]["error"]["code"] == "INVALID_ARGUMENT"
+        and "latent size" in out[7]["error"]["message"]
+    )
+    after = (
+        count("vaegan_stream_messages_total", grpc_code="OK"),
+        count("grpc_server_handled_total", grpc_method="Generate"),
+        count("grpc_server_handled_total", grpc_method="GenerateStream"),
+    )
+    assert after[0] - before[0] == 29  # every good line was a stream message
+    assert after[1] == before[1]  # and none a Generate call
+    assert after[2] - before[2] == 2  # 16 concurrent lines: two streams of 8 in progress each
+
+
+def test_batch_job_opens_a_new_stream_when_the_server_ends_one_and_loses_no_line(repo, tmp_path):
+    import json
+    import os
+
+    from vaegan.batch_job import run_job
+    from vaegan.client import LatentClient
+
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+
+    def slow_writer():  # a producer slower than the gateway's call limit
+        with open(fifo, "w") as f:
+            for i in range(16):
+                f.write(json.dumps({"embeddings": [0.0] * LATENT, "key": i}) + "\n")
+                f.flush()
+                time.sleep(0.1)
+
+    with GatewayThread(Settings(model_repository=str(repo), max_call_s=0.5)) as gw:
+        writer = threading.Thread(target=slow_writer)
+        writer.start()
+        with LatentClient(gw.target) as client:
+            counts = run_job(client, fifo, tmp_path / "out.jsonl", concurrency=8, progress=False)
+        writer.join()
+        streams = metric_value(
+            _metrics(gw), "grpc_server_handled_total", grpc_method="GenerateStream"
+        )
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["key"] for o in out] == list(range(16))  # every line answered, in order
+    # A line the gateway held just as the limit ended its stream gets that error line; every
+    # other line was answered on the next stream.
+    assert {o["error"]["code"] for o in out if "error" in o} <= {"DEADLINE_EXCEEDED"}
+    assert counts["ok"] >= 14 and streams >= 3  # 1.6 s of input over 0.5 s streams

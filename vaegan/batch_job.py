@@ -7,17 +7,20 @@ Output lines, in input order, carry the same key:
     {"key": "0", "image_png_b64": "...", "decoder_version": "2"}
     {"key": "1", "mu": [...], "logvar": [...], "encoder_version": "2"}
     {"key": "7", "error": {"code": "INVALID_ARGUMENT", "message": "..."}}
-A bad line gets an error line, whatever is wrong with it; the job goes on. Lines go out
-concurrently so the gateway can batch them, and the input is read as it is sent: a job of
-any length holds only the lines in flight.
+A bad line gets an error line, whatever is wrong with it; the job goes on. The input is read
+as it is sent: a job of any length holds only the lines in flight. Embedding lines go out as
+messages of ``GenerateStream`` (a message costs the gateway a fraction of a unary call, and
+it batches them like calls); image lines as concurrent ``Encode`` calls.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import queue
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,8 @@ def _error(key, code: str, message: str) -> dict[str, Any]:
     return {"key": key, "error": {"code": code, "message": message}}
 
 
-def run_line(client: LatentClient, line: str) -> dict[str, Any]:
-    stub, timeout, metadata = client.stub, client.timeout, client.metadata
+def parse_line(line: str) -> dict[str, Any] | tuple[str, Any, Any]:
+    """A line -> its error line, or ``("generate", key, values)`` / ``("encode", key, bytes)``."""
     try:
         item = json.loads(line)
     except (ValueError, RecursionError) as e:  # not JSON, an integer of >4300 digits, nesting
@@ -44,46 +47,136 @@ def run_line(client: LatentClient, line: str) -> dict[str, Any]:
     key = item.get("key")
     if not (key is None or (isinstance(key, str | int) and not isinstance(key, bool))):
         key = None  # echoed as given only when it is a plain string or integer
-    try:
-        if "embeddings" in item:
-            values = item["embeddings"]
-            if not isinstance(values, list) or not all(finite_number(v) for v in values):
-                return _error(
-                    key, "INVALID_ARGUMENT", "embeddings must be a flat list of finite numbers"
-                )
-            r = stub.Generate(
-                pb.GenerateRequest(
-                    embeddings=pb.EmbeddingList(items=[pb.Embedding(values=values)])
-                ),
-                timeout=timeout,
-                metadata=metadata,
+    if "embeddings" in item:
+        values = item["embeddings"]
+        if not isinstance(values, list) or not all(finite_number(v) for v in values):
+            return _error(
+                key, "INVALID_ARGUMENT", "embeddings must be a flat list of finite numbers"
             )
-            return {
-                "key": key,
-                "image_png_b64": base64.b64encode(r.images[0].data).decode(),
-                "decoder_version": r.decoder_version,
-            }
-        if "image_bytes" in item:
-            b64 = item["image_bytes"].get("b64") if isinstance(item["image_bytes"], dict) else None
-            if not isinstance(b64, str):
-                return _error(
-                    key, "INVALID_ARGUMENT", 'image_bytes must be {"b64": "<base64 PNG or JPEG>"}'
-                )
-            try:
-                data = base64.b64decode(b64, validate=True)
-            except ValueError as e:
-                return _error(key, "INVALID_ARGUMENT", f"image_bytes.b64 is not base64: {e}")
-            r = stub.Encode(pb.EncodeRequest(images=[data]), timeout=timeout, metadata=metadata)
-            e = r.encodings[0]
-            return {
-                "key": key,
-                "mu": list(e.mu.values),
-                "logvar": list(e.logvar.values),
-                "encoder_version": r.encoder_version,
-            }
-        return _error(key, "INVALID_ARGUMENT", 'a line needs "embeddings" or "image_bytes"')
+        return ("generate", key, values)
+    if "image_bytes" in item:
+        b64 = item["image_bytes"].get("b64") if isinstance(item["image_bytes"], dict) else None
+        if not isinstance(b64, str):
+            return _error(
+                key, "INVALID_ARGUMENT", 'image_bytes must be {"b64": "<base64 PNG or JPEG>"}'
+            )
+        try:
+            return ("encode", key, base64.b64decode(b64, validate=True))
+        except ValueError as e:
+            return _error(key, "INVALID_ARGUMENT", f"image_bytes.b64 is not base64: {e}")
+    return _error(key, "INVALID_ARGUMENT", 'a line needs "embeddings" or "image_bytes"')
+
+
+def encode_line(client: LatentClient, key, data: bytes) -> dict[str, Any]:
+    try:
+        r = client.stub.Encode(
+            pb.EncodeRequest(images=[data]), timeout=client.timeout, metadata=client.metadata
+        )
     except grpc.RpcError as e:
         return _error(key, e.code().name, e.details())
+    e = r.encodings[0]
+    return {
+        "key": key,
+        "mu": list(e.mu.values),
+        "logvar": list(e.logvar.values),
+        "encoder_version": r.encoder_version,
+    }
+
+
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+class GenerateLane:
+    """One ``GenerateStream``: lines go in through ``send``, and each answer resolves its
+    line's future. gRPC's own thread pulls the messages; this lane's thread reads the
+    answers. If the stream itself fails (the gateway goes away, --max-call-s), every line it
+    still holds gets that status as its error line, and so does any line sent after."""
+
+    def __init__(self, client: LatentClient):
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: dict[int, tuple[Any, Future]] = {}  # sent, not yet answered, by index
+        self._failed: tuple[str, str] | None = None
+        self.sent = 0
+        self._thread = threading.Thread(target=self._read, args=(client,), daemon=True)
+        self._thread.start()
+
+    def send(self, key, values: list) -> Future:
+        future: Future = Future()
+        request = pb.GenerateRequest(
+            embeddings=pb.EmbeddingList(items=[pb.Embedding(values=values)])
+        )
+        with self._lock:
+            if self._failed is not None:
+                future.set_result(_error(key, *self._failed))
+            else:
+                self._queue.put((key, request, future))
+                self.sent += 1
+        return future
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    def close(self) -> None:
+        """No more lines: the stream half-closes once the queued ones are sent."""
+        self._queue.put(None)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _messages(self):
+        index = 0
+        while (job := self._queue.get()) is not None:
+            key, request, future = job
+            with self._lock:
+                if self._failed is not None:
+                    future.set_result(_error(key, *self._failed))
+                    continue
+                self._held[index] = (key, future)
+            index += 1
+            yield request
+
+    def _read(self, client: LatentClient) -> None:
+        failed = ("UNAVAILABLE", "the stream ended before answering this line")
+        try:
+            for a in client.stub.GenerateStream(self._messages(), metadata=client.metadata):
+                key, future = self._held.pop(a.index)
+                if a.HasField("error"):
+                    code = _CODE_NAMES.get(a.error.code, str(a.error.code))
+                    future.set_result(_error(key, code, a.error.message))
+                else:
+                    future.set_result(
+                        {
+                            "key": key,
+                            "image_png_b64": base64.b64encode(a.response.images[0].data).decode(),
+                            "decoder_version": a.response.decoder_version,
+                        }
+                    )
+        except grpc.RpcError as e:
+            failed = (e.code().name, e.details() or "the stream failed")
+        with self._lock:
+            self._failed = failed
+            left = list(self._held.values())
+            self._held.clear()
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    left.append(job[::2])  # (key, future)
+        for key, future in left:
+            future.set_result(_error(key, *failed))
+        self._queue.put(None)  # ends the request iterator if gRPC still waits on it
+
+
+# Lines per stream before the next one opens: a stream is one call, which --max-call-s
+# bounds, and a failed stream costs at most its lines in flight.
+STREAM_LINES = 1024
+# Messages the gateway keeps in progress per stream (--max-stream-pending, 8 by default):
+# the job opens a stream per this many of its concurrent lines.
+STREAM_PENDING = 8
 
 
 def run_job(
@@ -96,13 +189,27 @@ def run_job(
 ) -> dict[str, int]:
     counts = {"ok": 0, "errors": 0}
     window = 2 * concurrency  # lines read ahead of the oldest one still running
+    lanes: list[GenerateLane | None] = [None] * max(1, concurrency // STREAM_PENDING)
+    turn = 0
     with (
         ThreadPoolExecutor(concurrency) as pool,
         open(input_path, encoding="utf-8", errors="replace") as src,
         open(output_path, "w") as out,
         tqdm(desc="batch job", unit="line", disable=not progress) as bar,
     ):
-        pending: deque = deque()
+        pending: deque[Future] = deque()
+        old: list[GenerateLane] = []
+
+        def generate(key, values) -> Future:
+            nonlocal turn
+            turn = (turn + 1) % len(lanes)
+            lane = lanes[turn]
+            if lane is None or lane.sent >= STREAM_LINES or lane.failed:
+                if lane is not None:
+                    lane.close()
+                    old.append(lane)
+                lane = lanes[turn] = GenerateLane(client)
+            return lane.send(key, values)
 
         def write_oldest() -> None:
             result = pending.popleft().result()
@@ -110,11 +217,26 @@ def run_job(
             out.write(json.dumps(result) + "\n")
             bar.update()
 
-        for line in src:
-            if line.strip():
-                pending.append(pool.submit(run_line, client, line))
+        try:
+            for line in src:
+                if not line.strip():
+                    continue
+                parsed = parse_line(line)
+                if isinstance(parsed, dict):
+                    done: Future = Future()
+                    done.set_result(parsed)
+                    pending.append(done)
+                elif parsed[0] == "generate":
+                    pending.append(generate(*parsed[1:]))
+                else:
+                    pending.append(pool.submit(encode_line, client, *parsed[1:]))
                 if len(pending) >= window:
                     write_oldest()
-        while pending:
-            write_oldest()
+            while pending:
+                write_oldest()
+        finally:
+            for lane in [*old, *lanes]:
+                if lane is not None:
+                    lane.close()
+                    lane.join()
     return counts

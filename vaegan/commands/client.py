@@ -93,7 +93,8 @@ def register(sub) -> None:
         help="run a JSONL batch job (embeddings -> images, images -> embeddings)",
         description='Each input line is {"embeddings": [...], "key": K} or '
         '{"image_bytes": {"b64": ...}, "key": K}; each output line has the key and the result '
-        "or an error. Errors do not stop the job.",
+        "or an error. Errors do not stop the job. Embedding lines go out over GenerateStream "
+        "(a stream per 8 lines in flight), image lines as Encode calls.",
     )
     connection_flags(bj)
     bj.add_argument("--input", required=True, help="JSONL file of instances")
