@@ -126,6 +126,11 @@ def test_gateway_probes_rollout_and_security_defaults():
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["VAEGAN_GRACE_S"] == "20" and env["VAEGAN_MAX_CONNECTION_AGE_S"] == "300"
+    assert env["VAEGAN_WORKERS"] == "1"
+    (many,) = find(render({"gateway": {"workers": 4}}), "Deployment", "-gateway")
+    assert {"name": "VAEGAN_WORKERS", "value": "4"} in many["spec"]["template"]["spec"][
+        "containers"
+    ][0]["env"]
     sc = c["securityContext"]
     assert (
         sc["readOnlyRootFilesystem"]

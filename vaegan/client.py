@@ -16,6 +16,7 @@ end with RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import grpc
@@ -78,29 +79,49 @@ class LatentClient:
         client_cert: bytes | None = None,
         client_key: bytes | None = None,
         throttle: bool | AdaptiveThrottle = True,
+        connections: int = 1,
     ):
         """``tls_ca`` (or ``tls=True`` for the system roots) switches to TLS; ``client_cert``
         and ``client_key`` add a client certificate (mutual TLS); ``token`` is sent as a
         bearer token in the ``authorization`` metadata of every call. ``throttle``: adaptive
-        throttling on (True, the default), off (False), or shared (an AdaptiveThrottle)."""
+        throttling on (True, the default), off (False), or shared (an AdaptiveThrottle).
+        ``connections``: calls take turns over this many connections, so they spread over
+        the processes of a gateway run with ``--workers`` (the kernel hands each connection
+        to one of them)."""
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, got {connections}")
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if connections > 1:  # channels to one target otherwise share one connection
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        creds = None
         if tls or tls_ca or client_cert:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=tls_ca, private_key=client_key, certificate_chain=client_cert
             )
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.channels = [
+            grpc.secure_channel(target, creds, options=options)
+            if creds
+            else grpc.insecure_channel(target, options=options)
+            for _ in range(connections)
+        ]
+        self.channel = self.channels[0]
         self.throttle = AdaptiveThrottle() if throttle is True else (throttle or None)
-        calls = self.channel
-        if self.throttle is not None:
-            calls = grpc.intercept_channel(self.channel, ThrottlingInterceptor(self.throttle))
-        self.stub = pb_grpc.LatentServiceStub(calls)
+        stubs = []
+        for channel in self.channels:
+            if self.throttle is not None:
+                channel = grpc.intercept_channel(channel, ThrottlingInterceptor(self.throttle))
+            stubs.append(pb_grpc.LatentServiceStub(channel))
+        self._stubs = itertools.cycle(stubs)
         self.timeout = timeout
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    @property
+    def stub(self) -> pb_grpc.LatentServiceStub:
+        """The stub of the next call's connection (they take turns)."""
+        return next(self._stubs)
 
     RAW = pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
 
@@ -220,7 +241,8 @@ class LatentClient:
         )
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self) -> LatentClient:
         return self

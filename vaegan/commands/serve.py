@@ -80,6 +80,11 @@ def serve(a: argparse.Namespace) -> int:
     # decode memory budget bounds what the process holds.
     return_large_allocations()
     print(f"vaegan serve: {settings.describe()}", flush=True)
+    if settings.workers > 1:
+        from vaegan.service.workers import supervise
+
+        settings.check()
+        return supervise(settings)
     run(settings)
     return 0
 

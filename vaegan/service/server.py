@@ -44,18 +44,18 @@ def make_backend(s: Settings, metrics: Metrics) -> Backend:
     )
 
 
-def _metrics_endpoint(s: Settings, metrics: Metrics):
+def metrics_endpoint(s: Settings, registry):
     """The /metrics HTTP server on --metrics-host (default: --host, in gRPC's form "[::]"
     or an address). "::" on a host without IPv6 falls back to every IPv4 interface, as
     gRPC itself does for "[::]"."""
     host = s.metrics_host or s.host
     addr = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        return start_http_server(s.metrics_port, addr=addr, registry=metrics.registry)[0]
+        return start_http_server(s.metrics_port, addr=addr, registry=registry)[0]
     except OSError:
         if addr != "::":
             raise
-        return start_http_server(s.metrics_port, addr="0.0.0.0", registry=metrics.registry)[0]
+        return start_http_server(s.metrics_port, addr="0.0.0.0", registry=registry)[0]
 
 
 def _listen(server: grpc.aio.Server, s: Settings) -> int:
@@ -178,7 +178,7 @@ async def start(s: Settings) -> Running:
         if not health_server.add_insecure_port(f"{s.host}:{s.health_port}"):
             raise VaeganError(f"cannot listen on {s.host}:{s.health_port} (--health-port)")
         await health_server.start()
-    metrics_http = _metrics_endpoint(s, metrics) if s.metrics_port else None
+    metrics_http = metrics_endpoint(s, metrics.registry) if s.metrics_port else None
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await _set_health(backend, health_servicer, metrics)

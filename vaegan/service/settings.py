@@ -95,6 +95,9 @@ class Settings:
     # The event loop: uvloop (libuv) costs less CPU per call than asyncio's own; auto takes
     # it when installed (the serving extra installs it where it builds).
     event_loop: str = "auto"
+    # Gateway processes on --port (each binds it; the kernel spreads connections over them),
+    # under a supervisor that serves their metrics on one endpoint and drains them all.
+    workers: int = 1
     tls_cert: str | None = None  # server certificate (PEM): TLS on the gRPC port
     tls_key: str | None = None  # its private key (PEM)
     tls_client_ca: str | None = (
@@ -117,6 +120,10 @@ class Settings:
             raise VaeganError(
                 f"--event-loop {self.event_loop!r}: choose one of {', '.join(EVENT_LOOPS)}"
             )
+        if self.workers < 1:
+            raise VaeganError("--workers must be at least 1")
+        if self.workers > 1 and self.port == 0:
+            raise VaeganError("--workers needs a fixed --port: every worker binds the same one")
         if self.decode_memory_mb < 1:
             raise VaeganError("--decode-memory-mb must be at least 1")
         if self.max_stream_pending < 1 or self.max_stream_message_bytes < 1:
@@ -200,6 +207,7 @@ HELP = {
     "max_message_bytes": "largest request message in bytes, after decompression",
     "request_memory_mb": "MiB the request messages of all calls in flight may hold together",
     "event_loop": "auto (uvloop when installed), asyncio or uvloop",
+    "workers": "gateway processes on one port (each takes a core; clients spread calls over them by opening several connections), metrics of all on one endpoint",
     "compressed_requests": "accept gzip/deflate-compressed requests (true/false; off: UNIMPLEMENTED)",
 }
 
