@@ -13,6 +13,7 @@ after another for --duration seconds, after a short warm-up of the same load.
 - gateway (uvloop / asyncio): client -> `vaegan serve` -> the same Triton, RAW pixels back;
   PNG rows ask for PNG; the stream row sends the calls as messages of one GenerateStream
 - gateway, batching off: each call its own Triton request
+- gateway, 2 workers: `vaegan serve --workers 2`, the clients' connections spread over both
 
 Clients share a connection eight at a time (the gateway allows 32 streams per connection).
 CPU is user + system time of the load generator (this process), the gateway and Triton (with
@@ -449,7 +450,7 @@ def main() -> None:
     latent = latent_dim(repo, a.model)
     rows: list[Row] = []
     shapes = list(SHAPES)
-    progress = tqdm(total=6, desc="gateway bench", unit="setup")
+    progress = tqdm(total=7, desc="gateway bench", unit="setup")
     rows.append(ceiling(repo, a.model, latent, a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
@@ -470,6 +471,8 @@ def main() -> None:
             ("gateway, uvloop", ["--event-loop", "uvloop"], shapes, ["64x1", "4x64"], True),
             ("gateway, asyncio", ["--event-loop", "asyncio"], shapes, [], False),
             ("gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
+            # Two processes on the port; the 64 clients' 8 connections spread over them.
+            ("gateway, 2 workers", ["--workers", "2"], ["64x1", "4x64"], [], False),
         ]
         for name, flags, raw, png, stream in runs:
             with gateway_process(triton.grpc_url, *flags) as gw:
