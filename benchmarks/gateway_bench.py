@@ -14,6 +14,7 @@ after another for --duration seconds, after a short warm-up of the same load.
   PNG rows ask for PNG; the stream row sends the calls as messages of one GenerateStream
 - gateway, batching off: each call its own Triton request
 - gateway, 2 workers: `vaegan serve --workers 2`, the clients' connections spread over both
+- gateway, --triton-shm: batches' tensors through system shared memory to Triton
 
 Clients share a connection eight at a time (the gateway allows 32 streams per connection).
 CPU is user + system time of the load generator (this process), the gateway and Triton (with
@@ -396,6 +397,12 @@ def targets(rows: list[Row]) -> list[dict]:
             "<=",
             0.5,
         ),
+        (
+            "T8 gateway CPU/image 4x64, --triton-shm / wire",
+            ratio(get("gateway, --triton-shm", "4x64"), get(gw, "4x64"), gw_cpu),
+            "<=",
+            0.6,
+        ),
     ]
     result = []
     for name, value, op, target in out:
@@ -450,7 +457,7 @@ def main() -> None:
     latent = latent_dim(repo, a.model)
     rows: list[Row] = []
     shapes = list(SHAPES)
-    progress = tqdm(total=7, desc="gateway bench", unit="setup")
+    progress = tqdm(total=8, desc="gateway bench", unit="setup")
     rows.append(ceiling(repo, a.model, latent, a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
@@ -473,6 +480,7 @@ def main() -> None:
             ("gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
             # Two processes on the port; the 64 clients' 8 connections spread over them.
             ("gateway, 2 workers", ["--workers", "2"], ["64x1", "4x64"], [], False),
+            ("gateway, --triton-shm", ["--triton-shm", "true"], ["4x64"], [], False),
         ]
         for name, flags, raw, png, stream in runs:
             with gateway_process(triton.grpc_url, *flags) as gw:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,9 @@ from vaegan.errors import (
 )
 from vaegan.repository import ModelMeta, meta_from_parameters, read_config
 from vaegan.service.metrics import Metrics
+from vaegan.service.shm import is_shm_error
+
+log = logging.getLogger("vaegan.service")
 
 ROLES = ("encoder", "decoder")
 INPUT = {"encoder": api.ENCODER_INPUT, "decoder": api.DECODER_INPUT}
@@ -183,7 +187,9 @@ class OnnxBackend(Backend):
 class TritonBackend(Backend):
     kind = "triton"
 
-    def __init__(self, url: str, names, pinned_version, metrics):
+    def __init__(
+        self, url: str, names, pinned_version, metrics, shm: bool = False, shm_min_items: int = 16
+    ):
         super().__init__(names, pinned_version, metrics)
         import tritonclient.grpc.aio as triton
 
@@ -208,6 +214,13 @@ class TritonBackend(Backend):
         self._meta_cache: dict[tuple[str, str], ModelMeta] = {}
         self._newest: dict[str, tuple[str, float]] = {}  # role -> (version, expiry)
         self._pending: dict[tuple, asyncio.Future] = {}  # queries in flight, by key
+        # --triton-shm: batches of at least shm_min_items through shared memory (vaegan.service.shm)
+        self.shm = None
+        if shm:
+            from vaegan.service.shm import ShmPool
+
+            self.shm = ShmPool(self.client)
+        self.shm_min_items = shm_min_items
 
     NEWEST_TTL_S = 2.0  # a new version is picked up within this long; no extra RPC per call
     CANCEL_MARGIN_S = 1.0  # how much longer than the caller's deadline a Triton call may run
@@ -276,12 +289,54 @@ class TritonBackend(Backend):
         return InferenceServerException
 
     async def _infer(self, role, version, array, timeout):
+        outputs = self._shm_outputs(role, version, len(array))
+        if outputs is not None:
+            nbytes = array.nbytes + sum(_nbytes(shape, dtype) for shape, dtype in outputs.values())
+            region = await self.shm.acquire(nbytes)
+            if region is not None:
+                try:
+                    return await self._call(role, version, array, timeout, region, outputs)
+                except VaeganError as e:
+                    if not is_shm_error(str(e)):
+                        raise
+                    # Triton no longer knows the region (it restarted): register the pool
+                    # again on the next batch, and send this one over the wire.
+                    log.warning("Triton shared memory refused, using the wire: %s", str(e)[:300])
+                    self.shm.forget()
+                finally:
+                    self.shm.release(region)
+        return await self._call(role, version, array, timeout)
+
+    def _shm_outputs(self, role: str, version: str, n: int) -> dict | None:
+        """Output shapes and dtypes of a batch of ``n`` for shared memory, or None (the wire:
+        shared memory off, a small batch, or a version whose facts are not known yet)."""
+        if self.shm is None or n < self.shm_min_items:
+            return None
+        meta = self._meta_cache.get((role, version))
+        if meta is None:
+            return None
+        if role == "decoder":
+            return {api.DECODER_OUTPUT: ((n, meta.image_size, meta.image_size, 3), np.uint8)}
+        return {o: ((n, meta.latent_dim), np.float32) for o in OUTPUTS[role]}
+
+    async def _call(self, role, version, array, timeout, region=None, outputs=None):
+        """One Triton inference; with ``region``, the input and ``outputs`` go through it."""
         t = self._triton
         inp = t.InferInput(
             INPUT[role], list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32"
         )
-        inp.set_data_from_numpy(array)
-        outs = [t.InferRequestedOutput(o) for o in OUTPUTS[role]]
+        requested = [t.InferRequestedOutput(o) for o in OUTPUTS[role]]
+        if region is None:
+            inp.set_data_from_numpy(array)
+        else:
+            np.ndarray(array.shape, array.dtype, buffer=region.memory.buf)[...] = array
+            inp.set_shared_memory(region.name, array.nbytes, 0)
+            offsets, at = {}, array.nbytes
+            for out, o in zip(requested, OUTPUTS[role], strict=True):
+                shape, dtype = outputs[o]
+                offsets[o] = at
+                out.set_shared_memory(region.name, _nbytes(shape, dtype), at)
+                at += _nbytes(shape, dtype)
         # Never cancel a call Triton is working on: Triton 2.51 can crash (SIGSEGV in its
         # gRPC frontend) when a call is cancelled as its response completes
         # (triton-inference-server/server#7368, fixed in 24.12); it died so in a load test
@@ -293,7 +348,7 @@ class TritonBackend(Backend):
                 self.names[role],
                 [inp],
                 model_version=version,
-                outputs=outs,
+                outputs=requested,
                 timeout=int(timeout * 1e6) if timeout else None,
                 client_timeout=timeout + self.CANCEL_MARGIN_S if timeout else None,
             )
@@ -303,10 +358,23 @@ class TritonBackend(Backend):
             res = await asyncio.shield(call)
         except self._triton_exc() as e:
             raise triton_error(e, self.names[role]) from None
-        return {o: res.as_numpy(o) for o in OUTPUTS[role]}
+        if region is None:
+            return {o: res.as_numpy(o) for o in OUTPUTS[role]}
+        return {
+            o: np.ndarray(
+                outputs[o][0], outputs[o][1], buffer=region.memory.buf, offset=offsets[o]
+            ).copy()
+            for o in OUTPUTS[role]
+        }
 
     async def close(self) -> None:
+        if self.shm is not None:
+            await self.shm.close()
         await self.client.close()
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def _retrieved(future: asyncio.Future) -> None:

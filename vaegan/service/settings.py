@@ -95,6 +95,10 @@ class Settings:
     # The event loop: uvloop (libuv) costs less CPU per call than asyncio's own; auto takes
     # it when installed (the serving extra installs it where it builds).
     event_loop: str = "auto"
+    # With --triton-url on the same host: batches of at least triton_shm_min_items pass
+    # their tensors through system shared memory instead of the gRPC messages.
+    triton_shm: bool = False
+    triton_shm_min_items: int = 16
     # Gateway processes on --port (each binds it; the kernel spreads connections over them),
     # under a supervisor that serves their metrics on one endpoint and drains them all.
     workers: int = 1
@@ -207,6 +211,8 @@ HELP = {
     "max_message_bytes": "largest request message in bytes, after decompression",
     "request_memory_mb": "MiB the request messages of all calls in flight may hold together",
     "event_loop": "auto (uvloop when installed), asyncio or uvloop",
+    "triton_shm": "pass batches' tensors to Triton through system shared memory (true/false; Triton on the same host, sharing /dev/shm); any failure falls back to the wire",
+    "triton_shm_min_items": "the smallest batch sent through shared memory (smaller ones gain nothing)",
     "workers": "gateway processes on one port (each takes a core; clients spread calls over them by opening several connections), metrics of all on one endpoint",
     "compressed_requests": "accept gzip/deflate-compressed requests (true/false; off: UNIMPLEMENTED)",
 }
