@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -165,6 +166,16 @@ def test_triton_absent_at_start_then_appearing(repo):
                 assert c.generate(count=1)[0].shape == (1, 32, 32, 3)
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        stats = [
+            Path(f"/proc/{pid}/task/{t}/stat").read_text() for t in os.listdir(f"/proc/{pid}/task")
+        ]
+    except FileNotFoundError:  # a thread ended meanwhile
+        return False
+    return all(stat.rsplit(")", 1)[1].split()[0] == "T" for stat in stats)
+
+
 def test_a_frozen_triton_gives_deadline_exceeded_near_the_deadline_and_leaves_nothing_in_flight(
     repo,
 ):
@@ -176,6 +187,9 @@ def test_a_frozen_triton_gives_deadline_exceeded_near_the_deadline_and_leaves_no
         c.generate(count=1)
         os.kill(triton.process.pid, signal.SIGSTOP)  # alive but answering nothing
         try:
+            # A stop takes effect thread by thread: until every thread has stopped, Triton may
+            # still answer a call sent now.
+            wait_until(lambda: _all_threads_stopped(triton.process.pid), timeout=5, every=0.01)
             with LatentClient(gw.target, timeout=1.0) as short:
                 t = time.monotonic()
                 code, _ = _code(lambda: short.generate(count=1))
