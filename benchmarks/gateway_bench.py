@@ -44,6 +44,7 @@ import onnxruntime as ort
 import tritonclient.grpc.aio as triton_aio
 from tqdm import tqdm
 
+from benchmarks.grpc_floor import SERVER
 from vaegan.export.local_triton import LocalTriton
 from vaegan.host import free_port, tree_cpu_seconds
 from vaegan.repository import latent_dim
@@ -54,28 +55,6 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 CLIENTS_PER_CONNECTION = 8
 SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
-
-BARE = """
-import asyncio, sys, grpc
-answer = b"\\0" * int(sys.argv[2])
-async def handler(request, context):
-    return answer
-class Any(grpc.GenericRpcHandler):
-    def service(self, details):
-        return grpc.unary_unary_rpc_method_handler(handler)
-async def main():
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Any(),))
-    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
-    await server.start()
-    print("ready", flush=True)
-    await server.wait_for_termination()
-if sys.argv[3] == "uvloop":
-    import uvloop
-    uvloop.run(main())
-else:
-    asyncio.run(main())
-"""
 
 
 @dataclass
@@ -293,7 +272,7 @@ def bare_rows(answer_bytes: int, request: bytes, seconds: float, loops) -> list[
     for loop in loops:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-c", BARE, str(port), str(answer_bytes), loop],
+            [sys.executable, "-c", SERVER, str(port), str(answer_bytes), loop],
             stdout=subprocess.PIPE,
             start_new_session=True,
         )

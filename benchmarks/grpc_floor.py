@@ -27,13 +27,17 @@ import grpc
 
 from vaegan.host import free_port, pinned, tree_cpu_seconds
 
+# A grpc.aio server whose one handler answers at once: argv = PORT, MODE, [LOOP]. MODE
+# "refuse" answers RESOURCE_EXHAUSTED, "serve" an empty message, a number that many bytes;
+# LOOP "uvloop" runs it on uvloop (default asyncio). gateway_bench uses it too.
 SERVER = """
 import asyncio, sys, grpc
-refuse = sys.argv[2] == "refuse"
+mode = sys.argv[2]
+answer = b"\\0" * (int(mode) if mode.isdigit() else 0)
 async def handler(request, context):
-    if refuse:
+    if mode == "refuse":
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
-    return b""
+    return answer
 class Any(grpc.GenericRpcHandler):
     def service(self, details):
         return grpc.unary_unary_rpc_method_handler(handler)
@@ -44,7 +48,11 @@ async def main():
     await server.start()
     print("ready", flush=True)
     await server.wait_for_termination()
-asyncio.run(main())
+if sys.argv[3:] == ["uvloop"]:
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 

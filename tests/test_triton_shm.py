@@ -4,6 +4,7 @@ fails (registration refused, Triton restarted)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -39,14 +40,21 @@ def _z(n: int) -> np.ndarray:
     return np.random.default_rng(n).standard_normal((n, LATENT)).astype(np.float32)
 
 
-def test_batches_through_shared_memory_answer_exactly_as_over_the_wire(triton):
-    images = [encode(pattern(48, 40, seed), "PNG") for seed in range(16)]
+@contextlib.contextmanager
+def _shm_and_wire(triton):
+    """Clients of two gateways on one Triton: with --triton-shm, and without."""
     with (
         GatewayThread(Settings(triton_url=triton.grpc_url, triton_shm=True)) as viashm,
         GatewayThread(Settings(triton_url=triton.grpc_url)) as wire,
         LatentClient(viashm.target) as a,
         LatentClient(wire.target) as b,
     ):
+        yield a, b
+
+
+def test_batches_through_shared_memory_answer_exactly_as_over_the_wire(triton):
+    images = [encode(pattern(48, 40, seed), "PNG") for seed in range(16)]
+    with _shm_and_wire(triton) as (a, b):
         small = _z(2)
         assert np.array_equal(a.generate(small)[0], b.generate(small)[0])
         assert _regions(triton) == {}  # below --triton-shm-min-items: the wire
@@ -70,12 +78,7 @@ def test_a_region_triton_cannot_open_falls_back_to_the_wire_with_a_log_line(
 
     monkeypatch.setattr(shm.shared_memory, "SharedMemory", unreachable)
     caplog.set_level(logging.WARNING, logger="vaegan.service")
-    with (
-        GatewayThread(Settings(triton_url=triton.grpc_url, triton_shm=True)) as viashm,
-        GatewayThread(Settings(triton_url=triton.grpc_url)) as wire,
-        LatentClient(viashm.target) as a,
-        LatentClient(wire.target) as b,
-    ):
+    with _shm_and_wire(triton) as (a, b):
         z = _z(32)
         assert np.array_equal(a.generate(z)[0], b.generate(z)[0])  # answered, over the wire
         assert _regions(triton) == {}

@@ -156,29 +156,24 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
-    if handler.unary_stream is not None:
-        inner_stream = handler.unary_stream
 
-        async def stream(request, context):
-            async with around(request, context):
-                async for item in _timed(inner_stream(request, context), limit):
+    def streaming(inner, unary_request: bool):
+        async def respond(request, context):
+            async with around(request if unary_request else None, context):
+                async for item in _timed(inner(request, context), limit):
                     yield item
 
+        return respond
+
+    if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream,
+            streaming(handler.unary_stream, True),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream is not None:
-        inner_bidi = handler.stream_stream
-
-        async def bidi(requests, context):
-            async with around(None, context):
-                async for item in _timed(inner_bidi(requests, context), limit):
-                    yield item
-
         return grpc.stream_stream_rpc_method_handler(
-            bidi,
+            streaming(handler.stream_stream, False),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
