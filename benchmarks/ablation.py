@@ -49,6 +49,16 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         "KL weight 0.5 and DiffAugment off, training seed 1",
     ),
     "kl-0.25+no-da": (["kl_weight=0.25", "diffaugment="], "KL weight 0.25 and DiffAugment off"),
+    # Levers on the N(0, I) samples themselves, on top of cpu-demo: more weight on the GAN
+    # loss of prior samples, and a decoder led less by reconstruction.
+    "prior-gan-3": (
+        ["kl_weight=0.5", "diffaugment=", "prior_gan_weight=3"],
+        "cpu-demo with the GAN loss of prior samples weighted 3 (1)",
+    ),
+    "gamma-0.3": (
+        ["kl_weight=0.5", "diffaugment=", "gamma=0.3"],
+        "cpu-demo with the decoder's reconstruction weight gamma 0.3 (1)",
+    ),
     # What more of cpu-demo's time budget buys: the preset as it is, 1.6x the steps.
     "steps-4000": (
         ["kl_weight=0.5", "diffaugment=", "steps=4000"],
