@@ -6,6 +6,7 @@ per step and steps/s of the training process).
     python -m benchmarks.ablation --data outputs/demo_data --out outputs/ablation
     python -m benchmarks.ablation ... --only base base-seed1 --n 500
     python -m benchmarks.ablation ... --curve base          # FID at every kept checkpoint
+    python -m benchmarks.ablation ... --curve base --curve-steps 1000 2000   # at some
 
 Rows already scored in ``OUT/results.json`` are kept, so the run can be stopped and resumed.
 The table is rewritten after each row (``OUT/table.md``); each run's training grids are in
@@ -130,9 +131,55 @@ def curve(name: str, a: argparse.Namespace) -> list[dict]:
     points = []
     for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
         step = int(ckpt.stem.split("_")[1])
+        if a.curve_steps and step not in a.curve_steps:
+            continue
         s = evaluate(ckpt, a, run / f"evaluate_{step}.json", CURVE_KINDS)
         points.append({"step": step, **{k: s[k]["fid"] for k in CURVE_KINDS}})
     return points
+
+
+def curve_table(curves: dict, rows: dict, n: int) -> str:
+    out = [
+        f"FID at n = {n} of each run's kept checkpoints, against every prepared image",
+        "",
+        "| row | step | training minutes | FID samples N(0,I) | FID fitted prior | FID recon |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, points in curves.items():
+        rate = rows.get(name, {}).get("train_steps_per_s")
+        for p in points:
+            minutes = f"{p['step'] / rate / 60:.1f}" if rate else "-"
+            out.append(
+                f"| {name} | {p['step']} | {minutes} | {p['samples']:.1f} "
+                f"| {p['samples_fitted']:.1f} | {p['reconstructions']:.1f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def curve_chart(curves: dict, rows: dict, path: Path, n: int) -> None:
+    """FID against training steps, one panel per run (matplotlib, the dev extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for ax, (name, points) in zip(axes[0], curves.items(), strict=True):
+        steps = [p["step"] for p in points]
+        for kind, label in (
+            ("samples", "N(0, I) samples"),
+            ("samples_fitted", "fitted-prior samples"),
+            ("reconstructions", "reconstructions"),
+        ):
+            ax.plot(steps, [p[kind] for p in points], marker="o", label=label)
+        ax.set(title=name, xlabel="training step", ylabel=f"FID (n = {n})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _pr(score: dict) -> str:
@@ -170,6 +217,9 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--set", action="append", default=[], help="FIELD=VALUE for every row")
     p.add_argument("--curve", nargs="+", default=[], choices=list(VARIANTS), metavar="ROW")
+    p.add_argument(
+        "--curve-steps", nargs="+", type=int, default=[], help="only these checkpoints' steps"
+    )
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +237,10 @@ def main() -> None:
     for name in a.curve:
         results.setdefault("curves", {})[name] = curve(name, a)
         results_file.write_text(json.dumps(results, indent=2))
+    if results.get("curves"):
+        (out / "curves.md").write_text(curve_table(results["curves"], results["rows"], a.n))
+        print((out / "curves.md").read_text())
+        curve_chart(results["curves"], results["rows"], out / "curves.png", a.n)
     print((out / "table.md").read_text() if (out / "table.md").is_file() else "")
 
 
