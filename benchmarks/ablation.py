@@ -133,7 +133,11 @@ def curve(name: str, a: argparse.Namespace) -> list[dict]:
         step = int(ckpt.stem.split("_")[1])
         if a.curve_steps and step not in a.curve_steps:
             continue
-        s = evaluate(ckpt, a, run / f"evaluate_{step}.json", CURVE_KINDS)
+        scored = run / "evaluate.json"  # the row's own scores are those of its last step
+        if step == _last_metrics(run)["step"] and scored.is_file():
+            s = json.loads(scored.read_text())
+        else:
+            s = evaluate(ckpt, a, run / f"evaluate_{step}.json", CURVE_KINDS)
         points.append({"step": step, **{k: s[k]["fid"] for k in CURVE_KINDS}})
     return points
 

@@ -345,8 +345,11 @@ def test_clients_killed_mid_request_leak_no_descriptors_threads_or_calls(repo, t
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
         wait_until(lambda: _check(health) == SERVING)
-        with LatentClient(target) as c:
-            c.encode([image.read_bytes()])  # warm every pool before counting
+        # Warm every pool to its full size before counting: the decode lanes and the
+        # inference pool start threads as concurrent work first needs them (bounded, not
+        # leaked), so the warm-up sends as many at once as the killed clients may overlap.
+        with LatentClient(target) as c, ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: c.encode([image.read_bytes()]), range(4)))
         baseline = _proc_counts(gateway.pid)
         for _ in range(20):
             client = subprocess.Popen(
