@@ -141,7 +141,10 @@ class GenerateLane:
         failed = ("UNAVAILABLE", "the stream ended before answering this line")
         try:
             for a in client.stub.GenerateStream(self._messages(), metadata=client.metadata):
-                key, future = self._held.pop(a.index)
+                held = self._held.pop(a.index, None)
+                if held is None:  # an index this stream never sent: nothing waits for it
+                    continue
+                key, future = held
                 if a.HasField("error"):
                     code = _CODE_NAMES.get(a.error.code, str(a.error.code))
                     future.set_result(_error(key, code, a.error.message))
@@ -155,6 +158,8 @@ class GenerateLane:
                     )
         except grpc.RpcError as e:
             failed = (e.code().name, e.details() or "the stream failed")
+        except Exception as e:  # never leave a line without its answer
+            failed = ("INTERNAL", f"reading the stream failed: {type(e).__name__}: {e}"[:300])
         with self._lock:
             self._failed = failed
             left = list(self._held.values())
