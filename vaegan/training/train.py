@@ -292,6 +292,9 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
             if dist.any(stop.requested):  # every rank leaves at the same step
                 if main:
                     save(last_metrics)
+                # Leave together: a rank that tore its process group down while rank 0 was
+                # still writing the checkpoint was seen to abort at exit (gloo).
+                dist.barrier()
                 raise Stopped(
                     f"stopped by a signal at step {step}; {last_path} holds it, "
                     "continue with --resume"
