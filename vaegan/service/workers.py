@@ -56,7 +56,7 @@ def supervise(s: Settings) -> int:
 
     from vaegan.service.server import metrics_endpoint
 
-    # $PROMETHEUS_MULTIPROC_DIR when set (an emptyDir in the chart), else a temporary one.
+    # $PROMETHEUS_MULTIPROC_DIR when set, else a temporary folder (the chart: its /tmp emptyDir).
     # Files left by an earlier run would be counted again: they go first.
     given_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     metrics_dir = given_dir or tempfile.mkdtemp(prefix="vaegan-metrics-")
