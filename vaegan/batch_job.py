@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from vaegan.client import LatentClient
+from vaegan.client import LatentClient, stream_error
 from vaegan.flags import finite_number
 from vaegan.v1 import vaegan_pb2 as pb
 
@@ -81,9 +81,6 @@ def encode_line(client: LatentClient, key, data: bytes) -> dict[str, Any]:
         "logvar": list(e.logvar.values),
         "encoder_version": r.encoder_version,
     }
-
-
-_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class GenerateLane:
@@ -146,8 +143,7 @@ class GenerateLane:
                     continue
                 key, future = held
                 if a.HasField("error"):
-                    code = _CODE_NAMES.get(a.error.code, str(a.error.code))
-                    future.set_result(_error(key, code, a.error.message))
+                    future.set_result(_error(key, *stream_error(a)))
                 else:
                     future.set_result(
                         {

@@ -51,6 +51,11 @@ class StreamAnswer:
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
+def stream_error(answer: pb.GenerateStreamResponse) -> tuple[str, str]:
+    """A GenerateStream answer's error as (gRPC status code name, message)."""
+    return _CODE_NAMES.get(answer.error.code, str(answer.error.code)), answer.error.message
+
+
 def pixels(images) -> np.ndarray:
     """RAW response images -> uint8 [N, H, W, 3]."""
     return np.stack(
@@ -168,8 +173,7 @@ class LatentClient:
 
         for a in self.stub.GenerateStream(messages(), timeout=timeout, metadata=self.metadata):
             if a.HasField("error"):
-                code = _CODE_NAMES.get(a.error.code, str(a.error.code))
-                yield StreamAnswer(a.index, None, None, (code, a.error.message))
+                yield StreamAnswer(a.index, None, None, stream_error(a))
             else:
                 r = a.response
                 yield StreamAnswer(a.index, pixels(r.images), vectors(r.embeddings))

@@ -289,9 +289,9 @@ class TritonBackend(Backend):
         return InferenceServerException
 
     async def _infer(self, role, version, array, timeout):
-        outputs = self._shm_outputs(role, version, len(array))
-        if outputs is not None:
-            nbytes = array.nbytes + sum(_nbytes(shape, dtype) for shape, dtype in outputs.values())
+        layout = self._shm_layout(role, version, array)
+        if layout is not None:
+            outputs, nbytes = layout
             region = await self.shm.acquire(nbytes)
             if region is not None:
                 try:
@@ -307,20 +307,31 @@ class TritonBackend(Backend):
                     self.shm.release(region)
         return await self._call(role, version, array, timeout)
 
-    def _shm_outputs(self, role: str, version: str, n: int) -> dict | None:
-        """Output shapes and dtypes of a batch of ``n`` for shared memory, or None (the wire:
-        shared memory off, a small batch, or a version whose facts are not known yet)."""
+    def _shm_layout(self, role: str, version: str, array: np.ndarray) -> tuple[dict, int] | None:
+        """Where a batch's outputs go in a shared-memory region (output -> shape, dtype, byte
+        offset, bytes: after the input, one after another) and the bytes it needs in all; None for
+        the wire (shared memory off, a small batch, or a version whose facts are not known
+        yet)."""
+        n = len(array)
         if self.shm is None or n < self.shm_min_items:
             return None
         meta = self._meta_cache.get((role, version))
         if meta is None:
             return None
         if role == "decoder":
-            return {api.DECODER_OUTPUT: ((n, meta.image_size, meta.image_size, 3), np.uint8)}
-        return {o: ((n, meta.latent_dim), np.float32) for o in OUTPUTS[role]}
+            shapes = {api.DECODER_OUTPUT: ((n, meta.image_size, meta.image_size, 3), np.uint8)}
+        else:
+            shapes = {o: ((n, meta.latent_dim), np.float32) for o in OUTPUTS[role]}
+        layout, at = {}, array.nbytes
+        for o, (shape, dtype) in shapes.items():
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            layout[o] = (shape, dtype, at, size)
+            at += size
+        return layout, at
 
     async def _call(self, role, version, array, timeout, region=None, outputs=None):
-        """One Triton inference; with ``region``, the input and ``outputs`` go through it."""
+        """One Triton inference; with ``region``, the input and the ``outputs`` (a layout
+        from ``_shm_layout``) go through it."""
         t = self._triton
         inp = t.InferInput(
             INPUT[role], list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32"
@@ -331,12 +342,9 @@ class TritonBackend(Backend):
         else:
             np.ndarray(array.shape, array.dtype, buffer=region.memory.buf)[...] = array
             inp.set_shared_memory(region.name, array.nbytes, 0)
-            offsets, at = {}, array.nbytes
             for out, o in zip(requested, OUTPUTS[role], strict=True):
-                shape, dtype = outputs[o]
-                offsets[o] = at
-                out.set_shared_memory(region.name, _nbytes(shape, dtype), at)
-                at += _nbytes(shape, dtype)
+                _, _, at, size = outputs[o]
+                out.set_shared_memory(region.name, size, at)
         # Never cancel a call Triton is working on: Triton 2.51 can crash (SIGSEGV in its
         # gRPC frontend) when a call is cancelled as its response completes
         # (triton-inference-server/server#7368, fixed in 24.12); it died so in a load test
@@ -361,20 +369,14 @@ class TritonBackend(Backend):
         if region is None:
             return {o: res.as_numpy(o) for o in OUTPUTS[role]}
         return {
-            o: np.ndarray(
-                outputs[o][0], outputs[o][1], buffer=region.memory.buf, offset=offsets[o]
-            ).copy()
-            for o in OUTPUTS[role]
+            o: np.ndarray(shape, dtype, buffer=region.memory.buf, offset=at).copy()
+            for o, (shape, dtype, at, _) in outputs.items()
         }
 
     async def close(self) -> None:
         if self.shm is not None:
             await self.shm.close()
         await self.client.close()
-
-
-def _nbytes(shape, dtype) -> int:
-    return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def _retrieved(future: asyncio.Future) -> None:

@@ -49,7 +49,7 @@ class Batcher:
         max_queue: int,
         max_concurrent: int,
     ):
-        self.model, self.run, self.metrics = model, run, metrics
+        self.model, self.run = model, run
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self._queue: deque[_Item] = deque()
         self._queued_items = 0
