@@ -21,6 +21,7 @@ VALUE_FILES = {
     "gpu-objectstore": yaml.safe_load((CHART / "ci" / "gpu-objectstore-values.yaml").read_text()),
     "single-replica": yaml.safe_load((CHART / "ci" / "single-replica-values.yaml").read_text()),
     "secured": yaml.safe_load((CHART / "ci" / "secured-values.yaml").read_text()),
+    "colocated": yaml.safe_load((CHART / "ci" / "colocated-values.yaml").read_text()),
 }
 
 
@@ -111,6 +112,44 @@ def test_triton_is_locked_down_and_gets_a_gpu():
         == "gateway"
     )
     assert {p["port"] for p in inference["ports"]} == {"grpc", "http"}
+
+
+def test_colocated_triton_runs_in_the_gateway_pod_and_shares_a_memory_backed_dev_shm():
+    docs = render(VALUE_FILES["colocated"])
+    assert not find(docs, "Deployment", "-triton")
+    assert {p["metadata"]["name"] for p in find(docs, "PodDisruptionBudget")} == {"vaegan-gateway"}
+    (gw,) = find(docs, "Deployment", "-gateway")
+    spec = gw["spec"]["template"]["spec"]
+    gateway, triton = spec["containers"]
+    assert (gateway["name"], triton["name"]) == ("gateway", "triton")
+    assert gateway["args"] == ["--triton-url", "localhost:8001"]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["VAEGAN_TRITON_SHM"] == "true"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    for c in (gateway, triton):  # one /dev/shm for both: the regions the gateway makes
+        assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    # The gateway holds the key Triton's restricted shared-memory API asks for, as a file.
+    key_dir = next(m for m in gateway["volumeMounts"] if m["name"] == "triton-admin")
+    assert env["VAEGAN_TRITON_ADMIN_KEY_FILE"] == key_dir["mountPath"] + "/key"
+    assert volumes["triton-admin"]["secret"]["secretName"] == "vaegan-triton-admin"
+    assert "shared-memory:vaegan-admin-key=$(TRITON_ADMIN_KEY)" in " ".join(triton["args"])
+    # Port and volume names are unique in the pod; Triton's probes use its own.
+    ports = [p["name"] for c in spec["containers"] for p in c["ports"]]
+    assert len(ports) == len(set(ports))
+    assert triton["readinessProbe"]["httpGet"]["port"] == "triton-http"
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # Triton's metrics stay a scrape target of their own (the TritonDown alert's job).
+    (svc,) = find(docs, "Service", "-triton")
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 8002, "targetPort": "triton-metrics", "protocol": "TCP"}
+    ]
+    assert find(docs, "ServiceMonitor", "-triton")
+    (policy,) = find(docs, "NetworkPolicy", "-gateway")  # and no Triton policy: no Triton pods
+    assert not find(docs, "NetworkPolicy", "-triton")
+    scraped = policy["spec"]["ingress"][2]
+    assert {p["port"] for p in scraped["ports"]} == {"metrics", "triton-metrics"}
 
 
 def test_gateway_probes_rollout_and_security_defaults():

@@ -14,6 +14,7 @@ from conftest import encode, pattern
 from gateway_harness import GatewayThread
 
 from vaegan.client import LatentClient
+from vaegan.errors import VaeganError
 from vaegan.export.local_triton import LocalTriton
 from vaegan.service import shm
 from vaegan.service.process import wait_ready
@@ -103,3 +104,49 @@ def test_after_a_triton_restart_the_regions_are_registered_again(repo, caplog):
         assert any("Unable to find shared memory region" in r.getMessage() for r in caplog.records)
         assert np.array_equal(c.generate(z)[0], before)  # and the next through shared memory
         assert _regions(t)
+
+
+def test_a_triton_that_restricts_shared_memory_gets_its_key_or_the_wire(repo, tmp_path, caplog):
+    """The chart's Triton guards its shared-memory protocol with a key: a gateway without it
+    answers over the wire (and says why); with --triton-admin-key-file it registers."""
+    key = "k-" + "7" * 30
+    restricted = (f"--grpc-restricted-protocol=shared-memory:{shm.ADMIN_KEY_NAME}={key}",)
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    caplog.set_level(logging.WARNING, logger="vaegan.service")
+    with LocalTriton(repo, extra_args=restricted) as t:
+        status = triton_grpc.InferenceServerClient(t.grpc_url)
+
+        def regions() -> dict:
+            answer = status.get_system_shared_memory_status(
+                headers={shm.ADMIN_HEADER: key}, as_json=True
+            )
+            return answer.get("regions", {})
+
+        z = _z(32)
+        keyless = Settings(triton_url=t.grpc_url, triton_shm=True)
+        with GatewayThread(keyless) as gw, LatentClient(gw.target) as c:
+            wire = c.generate(z)[0]
+            assert regions() == {}
+        assert any("using the wire" in r.getMessage() for r in caplog.records)
+        keyed = Settings(
+            triton_url=t.grpc_url, triton_shm=True, triton_admin_key_file=str(key_file)
+        )
+        with GatewayThread(keyed) as gw, LatentClient(gw.target) as c:
+            assert np.array_equal(c.generate(z)[0], wire)
+            assert regions()
+        assert regions() == {}  # unregistered with the key on the way out
+        status.close()
+
+
+def test_an_admin_key_file_without_triton_shm_or_without_a_key_stops_the_start(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(VaeganError, match="add --triton-shm"):
+        Settings(triton_url="x:1", triton_admin_key_file=str(empty)).check()
+    with pytest.raises(VaeganError, match="is empty"):
+        Settings(
+            triton_url="x:1", triton_shm=True, triton_admin_key_file=str(empty)
+        ).triton_admin_key()
+    with pytest.raises(VaeganError, match="No such file"):
+        Settings(triton_shm=True, triton_admin_key_file=str(tmp_path / "none")).triton_admin_key()

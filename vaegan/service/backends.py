@@ -188,7 +188,14 @@ class TritonBackend(Backend):
     kind = "triton"
 
     def __init__(
-        self, url: str, names, pinned_version, metrics, shm: bool = False, shm_min_items: int = 16
+        self,
+        url: str,
+        names,
+        pinned_version,
+        metrics,
+        shm: bool = False,
+        shm_min_items: int = 16,
+        admin_key: str | None = None,
     ):
         super().__init__(names, pinned_version, metrics)
         import tritonclient.grpc.aio as triton
@@ -219,7 +226,7 @@ class TritonBackend(Backend):
         if shm:
             from vaegan.service.shm import ShmPool
 
-            self.shm = ShmPool(self.client)
+            self.shm = ShmPool(self.client, admin_key=admin_key)
         self.shm_min_items = shm_min_items
 
     NEWEST_TTL_S = 2.0  # a new version is picked up within this long; no extra RPC per call

@@ -37,7 +37,13 @@ def make_backend(s: Settings, metrics: Metrics) -> Backend:
     names = {"encoder": s.encoder_model, "decoder": s.decoder_model}
     if s.triton_url:
         return TritonBackend(
-            s.triton_url, names, s.model_version, metrics, s.triton_shm, s.triton_shm_min_items
+            s.triton_url,
+            names,
+            s.model_version,
+            metrics,
+            s.triton_shm,
+            s.triton_shm_min_items,
+            s.triton_admin_key(),
         )
     if s.model_repository:
         return OnnxBackend(s.model_repository, names, s.model_version, metrics)

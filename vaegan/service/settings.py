@@ -99,6 +99,9 @@ class Settings:
     # their tensors through system shared memory instead of the gRPC messages.
     triton_shm: bool = False
     triton_shm_min_items: int = 16
+    # A Triton that restricts its shared-memory protocol (the chart's does: only its own pod
+    # may register regions) asks for this key in the vaegan-admin-key header.
+    triton_admin_key_file: str | None = None
     # Gateway processes on --port (each binds it; the kernel spreads connections over them),
     # under a supervisor that serves their metrics on one endpoint and drains them all.
     workers: int = 1
@@ -128,6 +131,10 @@ class Settings:
             raise VaeganError("--workers must be at least 1")
         if self.workers > 1 and self.port == 0:
             raise VaeganError("--workers needs a fixed --port: every worker binds the same one")
+        if self.triton_admin_key_file and not self.triton_shm:
+            raise VaeganError(
+                "--triton-admin-key-file is only used to register shared memory: add --triton-shm"
+            )
         if self.decode_memory_mb < 1:
             raise VaeganError("--decode-memory-mb must be at least 1")
         if self.max_stream_pending < 1 or self.max_stream_message_bytes < 1:
@@ -166,6 +173,21 @@ class Settings:
         n = len(self.tokens())
         shown["auth"] = f"{n} token{'s' if n != 1 else ''}" if n else "off"
         return " ".join(f"{k}={v}" for k, v in shown.items())
+
+    def triton_admin_key(self) -> str | None:
+        """The key of Triton's restricted shared-memory protocol, read at start."""
+        if not self.triton_admin_key_file:
+            return None
+        try:
+            with open(self.triton_admin_key_file) as f:
+                key = f.read().strip()
+        except OSError as e:
+            raise VaeganError(
+                f"--triton-admin-key-file {self.triton_admin_key_file}: {e.strerror or e}"
+            ) from None
+        if not key:
+            raise VaeganError(f"--triton-admin-key-file {self.triton_admin_key_file} is empty")
+        return key
 
     def tokens(self) -> frozenset[str]:
         """The bearer tokens; empty only when no token source is set. A source that is set
@@ -213,6 +235,7 @@ HELP = {
     "event_loop": "auto (uvloop when installed), asyncio or uvloop",
     "triton_shm": "pass batches' tensors to Triton through system shared memory (true/false; Triton on the same host, sharing /dev/shm); any failure falls back to the wire",
     "triton_shm_min_items": "the smallest batch sent through shared memory (smaller ones gain nothing)",
+    "triton_admin_key_file": "file holding the key a Triton started with --grpc-restricted-protocol=shared-memory:vaegan-admin-key=KEY asks for before registering regions (with --triton-shm)",
     "workers": "gateway processes on one port (each takes a core; clients spread calls over them by opening several connections), metrics of all on one endpoint",
     "compressed_requests": "accept gzip/deflate-compressed requests (true/false; off: UNIMPLEMENTED)",
 }

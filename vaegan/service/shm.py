@@ -22,6 +22,11 @@ from multiprocessing import shared_memory
 log = logging.getLogger("vaegan.service")
 
 RETRY_S = 5.0  # after a failed registration, the wire is used this long before trying again
+#: A Triton started with --grpc-restricted-protocol=shared-memory:vaegan-admin-key=KEY (the
+#: chart starts its Triton so) lets only holders of KEY (un)register regions; over gRPC it
+#: reads the key from this name with Triton's prefix.
+ADMIN_KEY_NAME = "vaegan-admin-key"
+ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_KEY_NAME
 
 
 @dataclass
@@ -46,8 +51,10 @@ class ShmPool:
     """Regions for batches in flight. ``acquire`` gives a registered region of at least the
     bytes asked for, or None (use the wire); ``release`` returns it to the pool."""
 
-    def __init__(self, client, max_regions: int = 8):
+    def __init__(self, client, max_regions: int = 8, admin_key: str | None = None):
         self.client, self.max_regions = client, max_regions
+        # Triton's --grpc-restricted-protocol=shared-memory:HEADER=KEY guards (un)registering.
+        self.headers = {ADMIN_HEADER: admin_key} if admin_key else None
         self._free: list[Region] = []
         self._all: list[Region] = []
         self._ids = itertools.count()
@@ -91,9 +98,11 @@ class ShmPool:
         try:
             if region.registered:  # a stale registration from before a restart, if any
                 with contextlib.suppress(Exception):
-                    await self.client.unregister_system_shared_memory(region.name)
+                    await self.client.unregister_system_shared_memory(
+                        region.name, headers=self.headers
+                    )
             await self.client.register_system_shared_memory(
-                region.name, "/" + region.name, region.size
+                region.name, "/" + region.name, region.size, headers=self.headers
             )
         except Exception as e:
             log.warning(
@@ -112,7 +121,7 @@ class ShmPool:
     async def _destroy(self, region: Region) -> None:
         if region.registered:
             with contextlib.suppress(Exception):
-                await self.client.unregister_system_shared_memory(region.name)
+                await self.client.unregister_system_shared_memory(region.name, headers=self.headers)
         region.memory.close()
         with contextlib.suppress(FileNotFoundError):  # removed from /dev/shm behind our back
             region.memory.unlink()
