@@ -60,6 +60,16 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         ["kl_weight=0.5", "diffaugment=", "gamma=0.3"],
         "cpu-demo with the decoder's reconstruction weight gamma 0.3 (1)",
     ),
+    # Capacity and the shape of the code space, on top of cpu-demo: is width 16 where it
+    # stalls, and does a smaller code leave N(0, I) fewer holes to fall into?
+    "width-32": (
+        ["kl_weight=0.5", "diffaugment=", "width=32"],
+        "cpu-demo with width 32 (16)",
+    ),
+    "latent-16": (
+        ["kl_weight=0.5", "diffaugment=", "latent_dim=16"],
+        "cpu-demo with a 16-dimensional code (32)",
+    ),
     # What more of cpu-demo's time budget buys: the preset as it is, 1.6x the steps.
     "steps-4000": (
         ["kl_weight=0.5", "diffaugment=", "steps=4000"],
