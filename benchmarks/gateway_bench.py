@@ -3,6 +3,7 @@ the path spends per call, for the gateway and for what it stands in front of.
 
     python -m benchmarks.gateway_bench --repository outputs/demo_repository \\
         [--duration 5] [--out FILE.json] [--chart FILE.png]
+    python -m benchmarks.gateway_bench ... --only uvloop triton-shm --shapes 4x64   # some rows
 
 Each row is a closed loop: C clients, each sending calls of K embeddings (written C x K) one
 after another for --duration seconds, after a short warm-up of the same load.
@@ -54,6 +55,7 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 CLIENTS_PER_CONNECTION = 8
 SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
+RUNS = ["ceiling", "triton", "bare", "uvloop", "asyncio", "batching-off", "workers", "triton-shm"]
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
 
@@ -324,7 +326,7 @@ def targets(rows: list[Row]) -> list[dict]:
     def img(r: Row) -> float:
         return r.images_per_s
 
-    ceil = rows[0]
+    ceil = get("ceiling (ORT in-process, batch 64)", "1x64")
     out = [
         (
             "T1 non-OK calls in every row",
@@ -431,37 +433,61 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per row")
     p.add_argument("--out", default=None, help="JSON of every row and target")
     p.add_argument("--chart", default=None, help="PNG chart of the rows")
+    p.add_argument(
+        "--only", nargs="+", choices=RUNS, default=RUNS, metavar="RUN", help=", ".join(RUNS)
+    )
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     a = p.parse_args()
     repo = Path(a.repository)
     latent = latent_dim(repo, a.model)
     rows: list[Row] = []
-    shapes = list(SHAPES)
-    progress = tqdm(total=8, desc="gateway bench", unit="setup")
-    rows.append(ceiling(repo, a.model, latent, a.duration))
+    shapes = a.shapes
+
+    def some(wanted: list[str]) -> list[str]:
+        return [s for s in wanted if s in shapes]
+
+    runs = [
+        (k, name, flags, some(raw), some(png), stream and "64x1" in shapes)
+        for k, name, flags, raw, png, stream in [
+            (
+                "uvloop",
+                "gateway, uvloop",
+                ["--event-loop", "uvloop"],
+                shapes,
+                ["64x1", "4x64"],
+                True,
+            ),
+            ("asyncio", "gateway, asyncio", ["--event-loop", "asyncio"], shapes, [], False),
+            ("batching-off", "gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
+            # Two processes on the port; the 64 clients' 8 connections spread over them.
+            ("workers", "gateway, 2 workers", ["--workers", "2"], ["64x1", "4x64"], [], False),
+            ("triton-shm", "gateway, --triton-shm", ["--triton-shm", "true"], ["4x64"], [], False),
+        ]
+        if k in a.only
+    ]
+    progress = tqdm(total=3 + len(runs), desc="gateway bench", unit="setup")
+    if "ceiling" in a.only:
+        rows.append(ceiling(repo, a.model, latent, a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
         cpu = Cpu({"triton": triton.process.pid})
-        rows += asyncio.run(triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes))
+        if "triton" in a.only:
+            rows += asyncio.run(
+                triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes)
+            )
         progress.update()
-        # The bare server answers with the bytes of the gateway's 1-image RAW response.
-        with gateway_process(triton.grpc_url) as gw:
-            one = grpc.insecure_channel(gw.target)
-            req = generate_request(1, latent)
-            answer = pb_grpc.LatentServiceStub(one).Generate(req, timeout=30)
-            one.close()
-        rows += bare_rows(
-            answer.ByteSize(), req.SerializeToString(), a.duration, ("asyncio", "uvloop")
-        )
+        if "bare" in a.only:
+            # The bare server answers with the bytes of the gateway's 1-image RAW response.
+            with gateway_process(triton.grpc_url) as gw:
+                one = grpc.insecure_channel(gw.target)
+                req = generate_request(1, latent)
+                answer = pb_grpc.LatentServiceStub(one).Generate(req, timeout=30)
+                one.close()
+            rows += bare_rows(
+                answer.ByteSize(), req.SerializeToString(), a.duration, ("asyncio", "uvloop")
+            )
         progress.update()
-        runs = [
-            ("gateway, uvloop", ["--event-loop", "uvloop"], shapes, ["64x1", "4x64"], True),
-            ("gateway, asyncio", ["--event-loop", "asyncio"], shapes, [], False),
-            ("gateway, batching off", ["--batching", "false"], ["64x1"], [], False),
-            # Two processes on the port; the 64 clients' 8 connections spread over them.
-            ("gateway, 2 workers", ["--workers", "2"], ["64x1", "4x64"], [], False),
-            ("gateway, --triton-shm", ["--triton-shm", "true"], ["4x64"], [], False),
-        ]
-        for name, flags, raw, png, stream in runs:
+        for _, name, flags, raw, png, stream in runs:
             with gateway_process(triton.grpc_url, *flags) as gw:
                 cpu = Cpu({"gateway": gw.process.pid, "triton": triton.process.pid})
                 rows += asyncio.run(
