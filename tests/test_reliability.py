@@ -778,6 +778,34 @@ def test_a_call_that_outlives_the_servers_limit_ends_with_deadline_exceeded(repo
             channel.close()
 
 
+def test_a_unary_call_past_the_servers_limit_ends_there_whatever_its_deadline(repo):
+    # The server's limit applies to calls without a deadline and to calls whose deadline
+    # is later than it; a call whose own deadline comes first ends at that deadline.
+    with GatewayThread(Settings(model_repository=str(repo), max_call_s=0.3)) as gw:
+        real = gw.running.core.backend.infer
+
+        async def slow(role, version, array, timeout):
+            await asyncio.sleep(1.0)
+            return await real(role, version, array, timeout)
+
+        gw.running.core.backend.infer = slow
+        for deadline in (None, 30.0):
+            with LatentClient(gw.target, timeout=deadline, throttle=False) as c:
+                with pytest.raises(grpc.RpcError) as e:
+                    c.generate(count=1)
+                assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "--max-call-s" in e.value.details()
+        with LatentClient(gw.target, timeout=0.1, throttle=False) as c:
+            with pytest.raises(grpc.RpcError) as e:
+                c.generate(count=1)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "--max-call-s" not in (e.value.details() or "")
+        gw.running.core.backend.infer = real
+        with LatentClient(gw.target, throttle=False) as c:  # and the gateway serves on
+            assert c.generate(count=1)[0].shape[0] == 1
+        wait_until(lambda: _inflight(gw) == 0, timeout=10, every=0.05)
+
+
 def test_a_call_whose_deadline_passes_while_queued_is_counted_as_deadline_exceeded(repo, caplog):
     # grpc.aio cancels the handler at the caller's deadline; the outcome is the deadline,
     # not a caller who went away (dashboards and SLOs count the two differently).

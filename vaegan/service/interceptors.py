@@ -58,8 +58,7 @@ class Outcomes:
             for method in METHODS
             for code in grpc.StatusCode
         }
-        for method in METHODS:
-            metrics.handling.labels(SERVICE, method)
+        self._handling = {method: metrics.handling.labels(SERVICE, method) for method in METHODS}
 
     def count(self, method: str, code: str) -> None:
         child = self._handled.get((method, code))
@@ -70,7 +69,7 @@ class Outcomes:
         child.inc()
 
     def observe(self, method: str, seconds: float) -> None:
-        self.metrics.handling.labels(SERVICE, method).observe(seconds)
+        self._handling[method].observe(seconds)
 
 
 def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, on_refuse):
@@ -107,22 +106,25 @@ def _over_limit(limit: float) -> DeadlineExceeded:
     )
 
 
+def _needs_limit(context, limit: float) -> bool:
+    """Whether the server must bound this call itself: not when its deadline comes first
+    (gRPC ends the call then), which saves a timer on every call that sets one."""
+    if not limit:
+        return False
+    left = context.time_remaining()
+    return left is None or left > limit
+
+
 async def _timed(items, limit: float):
     """The messages of a response stream, ended once producing the next would pass ``limit``
-    seconds from now (0: no limit). Only our own work is timed out, never gRPC's write of
-    a message: cancelling that would leave the call hanging."""
-    end = asyncio.get_running_loop().time() + limit if limit else None
+    seconds from now. Only our own work is timed out, never gRPC's write of a message:
+    cancelling that would leave the call hanging."""
+    end = asyncio.get_running_loop().time() + limit
     try:
         while True:
-            if end is None:
-                nxt = items.__anext__()
-            else:
-                left = end - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise _over_limit(limit)
-                nxt = asyncio.wait_for(items.__anext__(), left)
             try:
-                item = await nxt
+                async with asyncio.timeout_at(end):
+                    item = await items.__anext__()
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -144,10 +146,11 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0
 
         async def unary(request, context):
             async with around(request, context):
-                if not limit:
+                if not _needs_limit(context, limit):
                     return await inner(request, context)
                 try:
-                    return await asyncio.wait_for(inner(request, context), limit)
+                    async with asyncio.timeout(limit):
+                        return await inner(request, context)
                 except TimeoutError:
                     raise _over_limit(limit) from None
 
@@ -160,7 +163,10 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0
     def streaming(inner, unary_request: bool):
         async def respond(request, context):
             async with around(request if unary_request else None, context):
-                async for item in _timed(inner(request, context), limit):
+                items = inner(request, context)
+                if _needs_limit(context, limit):
+                    items = _timed(items, limit)
+                async for item in items:
                     yield item
 
         return respond
