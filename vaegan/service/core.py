@@ -327,6 +327,8 @@ class LatentCore:
                 "temperature, weights or inputs); use smaller values"
             )
         step = self.settings.max_batch_size
+        if len(z) <= step:  # one chunk, the common case: no task of its own
+            return Decoded(z, (await self.run("decoder", meta, z, deadline))["image"], meta.version)
         chunks = [z[i : i + step] for i in range(0, len(z), step)]
         # At most a queue's worth in flight at once: a long path must not overfill the queue
         # by itself (it would be refused after decoding part of it for nothing).
