@@ -100,7 +100,7 @@ class Settings:
     triton_shm: bool = False
     triton_shm_min_items: int = 16
     # A Triton that restricts its shared-memory protocol (the chart's does: only its own pod
-    # may register regions) asks for this key in the vaegan-admin-key header.
+    # may register regions) asks for the key in this file (vaegan.service.shm.ADMIN_HEADER).
     triton_admin_key_file: str | None = None
     # Gateway processes on --port (each binds it; the kernel spreads connections over them),
     # under a supervisor that serves their metrics on one endpoint and drains them all.
