@@ -24,10 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-# The recipe the one-change rows start from: cpu-demo as it was before the ablation chose
-# KL 0.5 and no DiffAugment, spelled out so each row means the same whatever the preset's
-# defaults are now.
-BEFORE = ["kl_weight=1.0", "diffaugment=color,translation,cutout"]
+# cpu-demo's network width and steps when the rows below ran, spelled out so each row means
+# the same whatever the preset's defaults are now.
+W16 = ["width=16", "steps=2500"]
+# The recipe the one-change rows start from: cpu-demo before the ablation chose KL 0.5 and no
+# DiffAugment.
+BEFORE = [*W16, "kl_weight=1.0", "diffaugment=color,translation,cutout"]
+# The recipe those two changes made (cpu-demo at width 16).
+AFTER = [*W16, "kl_weight=0.5", "diffaugment="]
 
 # name -> (--set overrides on top of the preset, what changes)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -42,39 +46,29 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*BEFORE, "d_norm=batch", "gan_loss=bce"],
         "BatchNorm D with the BCE loss (spectral norm, hinge)",
     ),
-    # The two changes that helped alone, together (what cpu-demo is now); a second seed; a
-    # step further on KL.
-    "kl-0.5+no-da": (["kl_weight=0.5", "diffaugment="], "KL weight 0.5 and DiffAugment off"),
+    # The two changes that helped alone, together; a second seed; a step further on KL.
+    "kl-0.5+no-da": (AFTER, "KL weight 0.5 and DiffAugment off"),
     "kl-0.5+no-da-seed1": (
-        ["kl_weight=0.5", "diffaugment=", "seed=1"],
+        [*AFTER, "seed=1"],
         "KL weight 0.5 and DiffAugment off, training seed 1",
     ),
-    "kl-0.25+no-da": (["kl_weight=0.25", "diffaugment="], "KL weight 0.25 and DiffAugment off"),
-    # Levers on the N(0, I) samples themselves, on top of cpu-demo: more weight on the GAN
+    "kl-0.25+no-da": ([*AFTER, "kl_weight=0.25"], "KL weight 0.25 and DiffAugment off"),
+    # Levers on the N(0, I) samples themselves, on top of that recipe: more weight on the GAN
     # loss of prior samples, and a decoder led less by reconstruction.
     "prior-gan-3": (
-        ["kl_weight=0.5", "diffaugment=", "prior_gan_weight=3"],
-        "cpu-demo with the GAN loss of prior samples weighted 3 (1)",
+        [*AFTER, "prior_gan_weight=3"],
+        "KL 0.5, no DiffAugment, with the GAN loss of prior samples weighted 3 (1)",
     ),
     "gamma-0.3": (
-        ["kl_weight=0.5", "diffaugment=", "gamma=0.3"],
-        "cpu-demo with the decoder's reconstruction weight gamma 0.3 (1)",
+        [*AFTER, "gamma=0.3"],
+        "KL 0.5, no DiffAugment, with the decoder's reconstruction weight gamma 0.3 (1)",
     ),
-    # Capacity and the shape of the code space, on top of cpu-demo: is width 16 where it
-    # stalls, and does a smaller code leave N(0, I) fewer holes to fall into?
-    "width-32": (
-        ["kl_weight=0.5", "diffaugment=", "width=32"],
-        "cpu-demo with width 32 (16)",
-    ),
-    "latent-16": (
-        ["kl_weight=0.5", "diffaugment=", "latent_dim=16"],
-        "cpu-demo with a 16-dimensional code (32)",
-    ),
-    # What more of cpu-demo's time budget buys: the preset as it is, 1.6x the steps.
-    "steps-4000": (
-        ["kl_weight=0.5", "diffaugment=", "steps=4000"],
-        "cpu-demo at 4,000 steps (2,500)",
-    ),
+    # Capacity and the shape of the code space: is width 16 where it stalls, and does a
+    # smaller code leave N(0, I) fewer holes to fall into?
+    "width-32": ([*AFTER, "width=32"], "KL 0.5, no DiffAugment, width 32 (16)"),
+    "latent-16": ([*AFTER, "latent_dim=16"], "KL 0.5, no DiffAugment, a 16-dimensional code (32)"),
+    # What more of the time budget buys: 1.6x the steps.
+    "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }
 
 
