@@ -67,6 +67,13 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # smaller code leave N(0, I) fewer holes to fall into?
     "width-32": ([*AFTER, "width=32"], "KL 0.5, no DiffAugment, width 32 (16)"),
     "latent-16": ([*AFTER, "latent_dim=16"], "KL 0.5, no DiffAugment, a 16-dimensional code (32)"),
+    # Width 32 at about cpu-demo's time budget (2,000 steps) without the decoder's EMA (which,
+    # measured against the recipe before, cost more than it gave at 2,500 steps); compare with
+    # the width-32 run's checkpoint at step 2,000 (--curve width-32).
+    "w32-2000-no-ema": (
+        [*AFTER, "width=32", "steps=2000", "ema_decay=0"],
+        "KL 0.5, no DiffAugment, width 32, 2,000 steps, no EMA of the decoder",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }
