@@ -55,6 +55,7 @@ from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 CLIENTS_PER_CONNECTION = 8
 SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
+CEILING = "ceiling (ORT in-process, batch 64)"  # the in-process ceiling row
 RUNS = ["ceiling", "triton", "bare", "uvloop", "asyncio", "batching-off", "workers", "triton-shm"]
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
@@ -159,7 +160,7 @@ def ceiling(repo: Path, model: str, latent: int, seconds: float) -> Row:
     elapsed = time.perf_counter() - start
     cpu_ms = 1e3 * (time.process_time() - cpu0) / n
     return Row(
-        "ceiling (ORT in-process, batch 64)",
+        CEILING,
         "1x64",
         n,
         64 * n,
@@ -326,7 +327,7 @@ def targets(rows: list[Row]) -> list[dict]:
     def img(r: Row) -> float:
         return r.images_per_s
 
-    ceil = get("ceiling (ORT in-process, batch 64)", "1x64")
+    ceil = get(CEILING, "1x64")
     out = [
         (
             "T1 non-OK calls in every row",
