@@ -1,0 +1,67 @@
+"""benchmarks/gateway_bench.targets(): issue 18's ratios, computed from the rows of one run."""
+
+from benchmarks.gateway_bench import CEILING, Row, targets
+
+GW, ASY = "gateway, uvloop", "gateway, asyncio"
+
+
+def row(name, shape, *, gateway=0.0, img_s=0.0, p50=None, codes=None) -> Row:
+    cpu = {"gateway": gateway} if gateway else {}
+    return Row(
+        name, shape, calls=100, images=100, seconds=1.0, p50_ms=p50,
+        codes=codes or {"OK": 100}, cpu_ms_per_call=cpu, images_per_s=img_s,
+    )  # fmt: skip
+
+
+def by_name(result: list[dict]) -> dict[str, dict]:
+    return {t["target"]: t for t in result}
+
+
+def test_each_target_is_the_ratio_of_its_two_rows_and_says_whether_it_is_met():
+    rows = [
+        row(CEILING, "1x64", img_s=1000.0),
+        row("triton", "1x1", p50=2.0),
+        row("triton", "4x64", img_s=900.0),
+        row(GW, "1x1", gateway=1.0, p50=3.0),
+        row(GW, "64x1", gateway=1.0, img_s=500.0),
+        row(ASY, "64x1", gateway=1.25),
+        row(GW, "4x64", gateway=4.0, img_s=880.0),
+        row(GW, "16x8", gateway=2.0, img_s=700.0),
+        row(GW + ", PNG", "64x1", gateway=2.0, img_s=450.0),
+        row("bare grpc.aio, uvloop", "64x1", gateway=0.5),
+        row(GW + ", GenerateStream", "64x1", gateway=0.4),
+        row("gateway, --triton-shm", "4x64", gateway=2.0),
+    ]
+    t = by_name(targets(rows))
+    expected = {
+        "T2 gateway CPU/call 64x1, uvloop / asyncio": (0.8, True),
+        "T3 gateway img/s 4x64 / Triton direct 4x64": (880 / 900, True),
+        "T3 gateway img/s 4x64 / ceiling": (0.88, True),
+        "T3 gateway img/s 16x8 / ceiling": (0.7, False),
+        "T4 gateway img/s 64x1, PNG / RAW": (0.9, True),
+        "T4 gateway CPU/image 64x1, PNG / RAW": (2.0, False),
+        "T5 gateway CPU/call 64x1 / bare grpc.aio (same loop)": (2.0, False),
+        "T6 p50 at 1x1, gateway / Triton direct": (1.5, False),
+        "T7 gateway CPU/item, GenerateStream / unary 64x1": (0.4, True),
+        "T8 gateway CPU/image 4x64, --triton-shm / wire": (0.5, True),
+    }
+    for name, (value, met) in expected.items():
+        assert abs(t[name]["value"] - value) < 1e-9, name
+        assert t[name]["met"] is met, name
+    assert t["T1 non-OK calls in every row"] == {
+        "target": "T1 non-OK calls in every row", "value": 0, "op": "<=", "goal": 0, "met": True,
+    }  # fmt: skip
+    assert t["T6 ms the gateway adds at 1x1 (p50)"]["value"] == 1.0
+
+
+def test_a_non_ok_code_in_any_row_fails_t1():
+    rows = [row("triton", "1x1"), row(GW, "64x1", codes={"OK": 90, "UNAVAILABLE": 7, "x": 3})]
+    t1 = by_name(targets(rows))["T1 non-OK calls in every row"]
+    assert (t1["value"], t1["met"]) == (10, False)
+
+
+def test_a_target_whose_rows_did_not_run_is_unknown_not_met_or_missed():
+    t = by_name(targets([row(GW, "64x1", gateway=1.0)]))  # e.g. --only uvloop
+    assert t["T2 gateway CPU/call 64x1, uvloop / asyncio"]["value"] is None
+    assert t["T2 gateway CPU/call 64x1, uvloop / asyncio"]["met"] is None
+    assert "T6 ms the gateway adds at 1x1 (p50)" not in t
