@@ -154,9 +154,11 @@ class TrainConfig:
 
 
 # The recipe of the CPU presets: reconstruction-led decoder (gamma 1), spectral-norm D
-# with the hinge loss, D at least as fast as G (TTUR, Heusel et al. 2017). At these budgets
-# the GAN cannot yet make N(0, I) draws into the data, while draws from the prior that
-# export fits to the training codes (vaegan/prior.py) decode to recognisable images.
+# with the hinge loss, D at least as fast as G (TTUR, Heusel et al. 2017), KL weight 0.5 and
+# no DiffAugment: each scored better than the recipe without it, and together over two seeds
+# (benchmarks/ablation.py; at these steps D does not overfit 1,300 images yet). At these
+# budgets the GAN cannot yet make N(0, I) draws into the data, while draws from the prior
+# that export fits to the training codes (vaegan/prior.py) decode to recognisable images.
 _CPU_RECIPE: dict[str, Any] = dict(
     batch_size=64,
     eval_every=500,
@@ -167,21 +169,19 @@ _CPU_RECIPE: dict[str, Any] = dict(
     gamma=1.0,
     pixel_weight=1.0,  # with spectral norm D's features are small: pixels carry colour
     gan_loss="hinge",
+    kl_weight=0.5,
+    diffaugment="",
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Networks that finish in under 10 minutes on 2 CPU cores on 32x32 images (make demo
-    # prepares the emoji at 32 px: 4x the steps of 64 px in the same time). KL weight 0.5 and
-    # no DiffAugment: each scored better than the recipe alone, and together over two seeds
-    # (benchmarks/ablation.py; at these steps D does not overfit 1,300 images yet). Width 32
+    # prepares the emoji at 32 px: 4x the steps of 64 px in the same time). Width 32
     # at 1,500 steps scored better than width 16 at 2,500 for about the same CPU time; its
     # fitted-prior samples stop improving after 1,000 steps, its reconstructions near 2,000.
     "cpu-demo": dict(
         model=ModelConfig(width=32, latent_dim=32, d_norm="spectral"),
         steps=1500,
         **_CPU_RECIPE,
-        kl_weight=0.5,
-        diffaugment="",
     ),
     # cpu-demo's recipe at the product's 64 px, for a user without a GPU: ~45 minutes on 2
     # cores. Width 32 with KL 0.5 and no DiffAugment reconstructs better than width 16 with KL 1
@@ -190,8 +190,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         model=ModelConfig(width=32, latent_dim=64, d_norm="spectral"),
         steps=2000,
         **_CPU_RECIPE,
-        kl_weight=0.5,
-        diffaugment="",
     ),
     # The seed documents' settings: width 64, batch 64, latent 100, 80k steps; FID as it goes
     # (keeps checkpoints/best.pt).
