@@ -1,9 +1,11 @@
 """Training throughput (images/s) of the presets on this machine, in one run: the real
-``train_step`` (E + G + D, fp32 on CPU; bf16 autocast and channels_last on CUDA) on
-random batches, after warm-up.
+``train_step`` (E + G + D; channels_last, and bf16 autocast where it pays: CUDA, or a CPU
+with bf16 instructions; the preset's ``amp`` and ``channels_last`` decide) on random batches,
+after warm-up.
 
     python -m benchmarks.train_throughput [--presets cpu-demo gpu] [--steps 10] [--out FILE]
     python -m benchmarks.train_throughput --presets cpu-demo --ranks 1 2
+    python -m benchmarks.train_throughput --presets cpu-quality --fp32   # what bf16 buys
 
 With ``--ranks``, each count above 1 runs under torchrun (DDP, gloo on CPU, NCCL on GPUs,
 SyncBatchNorm) with the preset's batch as the global batch; img/s counts all ranks' images.
@@ -20,25 +22,33 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 
 from vaegan.training.config import preset
 from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.model import VAEGAN
-from vaegan.training.step import Optimizers, train_step, wrap_networks
+from vaegan.training.step import Optimizers, autocast_for, train_step, wrap_networks
 
 
 def measure(
-    name: str, steps: int, device: str, compile_: bool = False, dist: Dist = SINGLE
+    name: str,
+    steps: int,
+    device: str,
+    compile_: bool = False,
+    dist: Dist = SINGLE,
+    fp32: bool = False,
 ) -> dict:
     cfg = preset(name)
+    if fp32:  # the baseline of the preset's mixed precision and memory format
+        cfg = replace(cfg, amp=False, channels_last=False)
     torch.manual_seed(0)
     model = VAEGAN(cfg.model).to(device)
     if dist.enabled:
         model = convert_sync_batchnorm(model, torch.device(device))
     cuda = device.startswith("cuda")
-    if cuda and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     nets = wrap_networks(model, dist, torch.device(device), compile_, broadcast_buffers=False)
     opts = Optimizers(
@@ -47,9 +57,11 @@ def measure(
             for m in (model.encoder, model.decoder, model.discriminator)
         )
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
+    autocast = autocast_for(torch.device(device), cfg.amp)
     s = cfg.model.image_size
     x = torch.rand(cfg.batch_size // dist.world_size, 3, s, s, device=device) * 2 - 1
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     for _ in range(3):
         train_step(nets, opts, x, cfg, autocast, dist=dist)
     if cuda:
@@ -66,6 +78,8 @@ def measure(
         "device": device,
         "compile": compile_,
         "width": cfg.model.width,
+        "bf16": not isinstance(autocast, nullcontext),
+        "channels_last": cfg.channels_last,
         "batch": cfg.batch_size,
         "steps": steps,
         "ranks": dist.world_size,
@@ -103,6 +117,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="also measure in fp32 with contiguous tensors (what bf16 and channels_last buy)",
+    )
     p.add_argument("--ranks", type=int, nargs="+", default=[1], help="rank counts to compare")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     p.add_argument("--out", default=None)
@@ -129,9 +148,13 @@ def main() -> None:
             )
         if a.compile:
             rows += [measure(n, a.steps, a.device, compile_=True) for n in a.presets]
+        if a.fp32:
+            rows += [measure(n, a.steps, a.device, fp32=True) for n in a.presets]
     for r in rows:
         print(
-            f"{r['preset']:<10} {r['device']:<6} compile={r['compile']!s:<5} width {r['width']:>3} batch {r['batch']} "
+            f"{r['preset']:<10} {r['device']:<6} compile={r['compile']!s:<5} "
+            f"bf16={r['bf16']!s:<5} channels_last={r['channels_last']!s:<5} "
+            f"width {r['width']:>3} batch {r['batch']} "
             f"ranks {r['ranks']} x {r['threads_per_rank']} threads: {r['images_per_second']:.1f} img/s"
         )
     if a.out:

@@ -167,3 +167,45 @@ def test_balancing_pauses_the_discriminator_when_it_wins():
     fooled_real, fooled_fake = torch.full((8,), -8.0), [torch.full((8,), 8.0)] * 2
     assert balance(fooled_real, fooled_fake, 0.35) == (True, False)
     assert balance(confident_real, confident_fake, 0.0) == (True, True)
+
+
+def test_bf16_autocast_applies_only_where_it_is_faster_than_fp32(monkeypatch):
+    from contextlib import nullcontext
+
+    from vaegan.training.step import autocast_for
+
+    cpu = torch.device("cpu")
+    assert isinstance(autocast_for(cpu, amp=False), nullcontext)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False)
+    assert isinstance(autocast_for(cpu, amp=True), nullcontext)  # emulated bf16 is slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with autocast_for(cpu, amp=True):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probes
+    assert isinstance(autocast_for(cpu, amp=True), nullcontext)
+
+
+def test_a_bf16_step_runs_the_convolutions_in_bf16_and_keeps_fp32_weights(monkeypatch):
+    from vaegan.training.step import autocast_for
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    cfg, model, nets, opts, x = _step_setup()
+    model = model.to(memory_format=torch.channels_last)
+    seen: set[torch.dtype] = set()
+    for m in model.decoder.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    before = _snapshot(model.decoder)
+    losses = train_step(
+        nets,
+        opts,
+        x.contiguous(memory_format=torch.channels_last),
+        cfg,
+        autocast_for(torch.device("cpu"), amp=True),
+    )
+    assert seen == {torch.bfloat16}
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses)
+    assert _changed(model.decoder, before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

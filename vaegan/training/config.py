@@ -123,8 +123,10 @@ class TrainConfig:
     fid_samples: int = _f(1000, "prior samples per FID evaluation (the real set is every image)")
     # hardware
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    amp: bool = _f(
+        True, "bf16 autocast on CUDA and on CPUs with bf16 instructions (AVX512-BF16, AMX)"
+    )
+    channels_last: bool = _f(True, "channels_last memory format (faster convolutions, CPU too)")
     # several ranks (torchrun / vaegan train --nproc N)
     sync_batchnorm: str = _f(
         "auto", "BatchNorm statistics over the global batch: auto (on with >1 rank), on, off"

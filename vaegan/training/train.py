@@ -20,7 +20,6 @@ import math
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,15 @@ from vaegan.training.data import Dataset, load_dataset
 from vaegan.training.distributed import Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.metrics import hist_chi2, mse, psnr
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
-from vaegan.training.step import EMA, Nets, Optimizers, lr_scale, train_step, wrap_networks
+from vaegan.training.step import (
+    EMA,
+    Nets,
+    Optimizers,
+    autocast_for,
+    lr_scale,
+    train_step,
+    wrap_networks,
+)
 
 
 class Stopped(VaeganError):
@@ -206,7 +213,7 @@ def build(
     sync_bn = {"auto": dist.enabled, "on": True, "off": False}[cfg.sync_batchnorm]
     if sync_bn and dist.enabled:  # global-batch statistics, as on one rank
         model = convert_sync_batchnorm(model, device)
-    if cuda and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     betas, lr = (cfg.beta1, cfg.beta2), lr_scale(cfg)
     opts = Optimizers(
@@ -239,9 +246,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
     main = dist.is_main
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     last_path = ckpt_dir / ckpt.LAST
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if run.cuda and cfg.amp else nullcontext()
-    )
+    autocast = autocast_for(device, cfg.amp)
     writer = _summary_writer(run_dir / "tb") if main else None
     metrics_path = run_dir / "metrics.jsonl"
     if main:
@@ -302,7 +307,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
             idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)[share]
             x_np = ds.train_batch(idx, [cfg.seed, step, 1], first=share.start)
             x = from_pixels(torch.from_numpy(x_np)).to(device, non_blocking=True)
-            if run.cuda and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
 
             losses = train_step(run.nets, run.opts, x, cfg, autocast, step, last_path, dist)
