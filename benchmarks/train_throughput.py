@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -29,7 +28,13 @@ import torch
 from vaegan.training.config import preset
 from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.model import VAEGAN
-from vaegan.training.step import Optimizers, autocast_for, train_step, wrap_networks
+from vaegan.training.step import (
+    Optimizers,
+    autocast_for,
+    bf16_pays,
+    train_step,
+    wrap_networks,
+)
 
 
 def measure(
@@ -78,7 +83,7 @@ def measure(
         "device": device,
         "compile": compile_,
         "width": cfg.model.width,
-        "bf16": not isinstance(autocast, nullcontext),
+        "bf16": cfg.amp and bf16_pays(torch.device(device)),
         "channels_last": cfg.channels_last,
         "batch": cfg.batch_size,
         "steps": steps,
