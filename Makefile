@@ -99,7 +99,7 @@ $(OUT)/demo_images: | $(STAMP)
 
 demo-data: $(OUT)/demo_images ## render the emoji demo images (about 1,400 PNGs)
 
-demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, train cpu-demo (6-10 min), write grids, export for Triton, serve
+demo: $(STAMP) $(TRITON_STAMP) $(OUT)/demo_images ## prepare the demo data, train cpu-demo (2-6 min), write grids, export for Triton, serve
 	$(BIN)/vaegan prepare $(OUT)/demo_images --out $(OUT)/demo_data --center-crop --size $(DEMO_SIZE) --overwrite
 	rm -rf $(OUT)/demo_run
 	$(BIN)/vaegan train --data $(OUT)/demo_data --out $(OUT)/demo_run --preset cpu-demo
