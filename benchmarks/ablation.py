@@ -35,6 +35,8 @@ W16 = ["width=16", "steps=2500", *FP32]
 BEFORE = [*W16, "kl_weight=1.0", "diffaugment=color,translation,cutout"]
 # The recipe those two changes made (cpu-demo at width 16).
 AFTER = [*W16, "kl_weight=0.5", "diffaugment="]
+# cpu-demo's steps and recipe with bf16 autocast and channels_last; the rows on it set the width.
+BF16_DEMO = ["steps=1500", "kl_weight=0.5", "diffaugment=", "amp=true"]
 
 # name -> (--set overrides on top of the preset, what changes)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -81,13 +83,13 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # half the CPU time per step, if bf16 does not cost quality. Compare with the width-32
     # run's checkpoint at step 1,500 (--curve width-32), which is this recipe in fp32.
     "w32-1500-bf16": (
-        ["width=32", "steps=1500", "kl_weight=0.5", "diffaugment=", "amp=true"],
+        ["width=32", *BF16_DEMO],
         "width 32, 1,500 steps (cpu-demo), bf16 autocast and channels_last (fp32)",
     ),
-    # What the time bf16 saves buys at cpu-demo's size: width 48 costs about 1.8x width 32 a
-    # step, which brings the bf16 run back to about the time the fp32 width-32 run took.
+    # What the CPU time bf16 saves buys at cpu-demo's size: a wider network for about the time
+    # the fp32 width-32 run took.
     "w48-1500-bf16": (
-        ["width=48", "steps=1500", "kl_weight=0.5", "diffaugment=", "amp=true"],
+        ["width=48", *BF16_DEMO],
         "width 48, 1,500 steps, bf16 autocast and channels_last (width 32)",
     ),
     # What more of the time budget buys: 1.6x the steps.
