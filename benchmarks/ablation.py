@@ -92,6 +92,25 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         ["width=48", *BF16_DEMO],
         "width 48, 1,500 steps, bf16 autocast and channels_last (width 32)",
     ),
+    # The served samples come from the prior fitted to the training codes, yet the GAN trains the
+    # decoder only on N(0, I) draws: train it between the codes too (latent mixup), on part or
+    # all of the prior batch. Compare with w32-1500-bf16.
+    "mixup-0.5": (
+        ["width=32", *BF16_DEMO, "prior_mixup=0.5"],
+        "cpu-demo (bf16) with half the GAN's prior draws mixing two codes (none)",
+    ),
+    "mixup-0.5-seed1": (
+        ["width=32", *BF16_DEMO, "prior_mixup=0.5", "seed=1"],
+        "cpu-demo (bf16) with half the GAN's prior draws mixing two codes, training seed 1",
+    ),
+    "w32-1500-bf16-seed1": (
+        ["width=32", *BF16_DEMO, "seed=1"],
+        "cpu-demo (bf16), training seed 1",
+    ),
+    "mixup-1": (
+        ["width=32", *BF16_DEMO, "prior_mixup=1"],
+        "cpu-demo (bf16) with every GAN prior draw mixing two codes (none)",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }

@@ -7,6 +7,7 @@ import torch
 
 from vaegan.errors import VaeganError
 from vaegan.training.config import ModelConfig, TrainConfig
+from vaegan.training.distributed import SINGLE
 from vaegan.training.model import VAEGAN, from_pixels, to_pixels
 from vaegan.training.step import Nets, Optimizers, train_step
 
@@ -94,6 +95,22 @@ def test_prior_samples_come_from_the_unit_gaussian():
     assert 0.97 < float(z.std()) < 1.03
 
 
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_mixed_prior_draws_lie_between_two_of_the_batchs_codes(share):
+    from vaegan.training.step import _mixup
+
+    codes = torch.eye(8)  # one-hot: a mixture of two shows as two weights summing to 1
+    normal = torch.randn(8, 8)
+    out = _mixup(normal, codes, share, 8, slice(0, 8), SINGLE)
+    mixed = round(share * 8)
+    assert torch.equal(out[mixed:], normal[mixed:])  # the rest stay N(0, I) draws
+    for row in out[:mixed]:
+        assert (row >= 0).all() and int((row > 0).sum()) <= 2
+        assert float(row.sum()) == pytest.approx(1.0)
+    with pytest.raises(VaeganError, match="prior_mixup"):
+        TrainConfig(prior_mixup=1.5)
+
+
 def test_pixels_round_trip_between_uint8_and_model_range():
     px = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     assert torch.equal(to_pixels(from_pixels(px)), px)
@@ -121,10 +138,14 @@ def _changed(module, before):
     return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
 
 
-def test_gan_gradient_never_reaches_the_encoder():
+@pytest.mark.parametrize("mixup", [0.0, 1.0])
+def test_gan_gradient_never_reaches_the_encoder(mixup):
     # With every encoder term weighted 0, only L_GAN is left: it must move D and the
-    # decoder and leave the encoder exactly where it was.
-    cfg, model, nets, opts, x = _step_setup(kl_weight=0.0, llike_weight=0.0, pixel_weight=0.0)
+    # decoder and leave the encoder exactly where it was, also when the prior draws are
+    # mixtures of the encoder's codes.
+    cfg, model, nets, opts, x = _step_setup(
+        kl_weight=0.0, llike_weight=0.0, pixel_weight=0.0, prior_mixup=mixup
+    )
     before = {n: _snapshot(getattr(model, n)) for n in ("encoder", "decoder", "discriminator")}
     train_step(nets, opts, x, cfg)
     assert not _changed(model.encoder, before["encoder"])

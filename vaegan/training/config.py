@@ -105,6 +105,11 @@ class TrainConfig:
     prior_gan_weight: float = _f(
         1.0, "weight of the GAN loss on prior samples within it (reconstructions weigh 1)"
     )
+    prior_mixup: float = _f(
+        0.0,
+        "share of the decoder's prior draws in the GAN loss that mix two of the batch's codes "
+        "(a z_i + (1 - a) z_j, a ~ U(0, 1)) instead of drawing N(0, I)",
+    )
     diffaugment: str = _f(
         "color,translation,cutout",
         "DiffAugment transforms applied to every image D sees (comma-separated; empty = off)",
@@ -149,6 +154,8 @@ class TrainConfig:
                     f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
                 )
         parse_policy(self.diffaugment)
+        if not 0.0 <= self.prior_mixup <= 1.0:
+            raise VaeganError(f"prior_mixup must be in [0, 1], got {self.prior_mixup}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise VaeganError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -67,6 +67,16 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of ``t`` (detached, equal shapes), concatenated in rank order:
+        the global batch, as one rank would hold it."""
+        if not self.enabled:
+            return t.detach()
+        dev = _collective_device()
+        parts = [torch.empty_like(t, device=dev) for _ in range(self.world_size)]
+        dist.all_gather(parts, t.detach().to(dev).contiguous())
+        return torch.cat(parts).to(t.device)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

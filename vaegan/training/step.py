@@ -119,8 +119,12 @@ def train_step(
         def noise(dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(n, mu.shape[1], device=mu.device, dtype=dtype)[share]
 
-        x_rec = nets.decoder(mu + noise(mu.dtype) * torch.exp(0.5 * logvar))
-        x_p = nets.decoder(noise(torch.float32))
+        z = mu + noise(mu.dtype) * torch.exp(0.5 * logvar)
+        x_rec = nets.decoder(z)
+        z_p = noise(torch.float32)
+        if cfg.prior_mixup:
+            z_p = _mixup(z_p, z.float(), cfg.prior_mixup, n, share, dist)
+        x_p = nets.decoder(z_p)
 
     # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
     with autocast:
@@ -173,6 +177,23 @@ def train_step(
     opts.encoder.step()
     opts.decoder.step()
     return losses
+
+
+def _mixup(
+    z_p: torch.Tensor, z: torch.Tensor, share_mixed: float, n: int, share: slice, dist: Dist
+) -> torch.Tensor:
+    """The first ``share_mixed`` of the global batch's prior draws replaced by mixtures of two
+    of its codes (latent mixup; ACAI, Berthelot et al. 2018, asks the same of interpolations).
+    The GAN then trains the decoder between the training codes, where a prior fitted to them
+    (vaegan/prior.py) draws, rather than only on N(0, I). The codes are detached: the encoder
+    learns from its own losses alone. Pairs and weights are drawn for the global batch, so N
+    ranks mix exactly as one rank would."""
+    codes = dist.gather(z)  # [n, D], no gradient
+    partner = torch.randperm(n, device=z.device)[share]
+    a = torch.rand(n, 1, device=z.device)[share]
+    mixed = a * codes[share] + (1 - a) * codes[partner]
+    chosen = (torch.arange(n, device=z.device) < round(share_mixed * n))[share, None]
+    return torch.where(chosen, mixed, z_p)
 
 
 def bf16_pays(device: torch.device) -> bool:
