@@ -46,11 +46,6 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "no-pixel": ([*BEFORE, "pixel_weight=0"], "learned similarity only, no pixel MSE (1)"),
     "no-diffaugment": ([*BEFORE, "diffaugment="], "DiffAugment off (colour, translation, cutout)"),
     "no-ema": ([*BEFORE, "ema_decay=0"], "no EMA of the decoder (0.999)"),
-    "transpose": ([*BEFORE, "upsample=transpose"], "transposed convolutions (resize + conv)"),
-    "batchnorm-d": (
-        [*BEFORE, "d_norm=batch", "gan_loss=bce"],
-        "BatchNorm D with the BCE loss (spectral norm, hinge)",
-    ),
     # The two changes that helped alone, together; a second seed; a step further on KL.
     "kl-0.5+no-da": (AFTER, "KL weight 0.5 and DiffAugment off"),
     "kl-0.5+no-da-seed1": (
@@ -110,6 +105,16 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "mixup-1": (
         ["width=32", *BF16_DEMO, "prior_mixup=1"],
         "cpu-demo (bf16) with every GAN prior draw mixing two codes (none)",
+    ),
+    # The two architecture changes kept from earlier trials, each undone on cpu-demo as it is:
+    # the DCGAN decoder's transposed convolutions, and its BatchNorm D with the BCE loss.
+    "transpose": (
+        ["width=32", *BF16_DEMO, "upsample=transpose"],
+        "cpu-demo (bf16) with transposed convolutions (resize + conv)",
+    ),
+    "batchnorm-d": (
+        ["width=32", *BF16_DEMO, "d_norm=batch", "gan_loss=bce"],
+        "cpu-demo (bf16) with a BatchNorm D and the BCE loss (spectral norm, hinge)",
     ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
