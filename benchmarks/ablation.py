@@ -37,6 +37,8 @@ BEFORE = [*W16, "kl_weight=1.0", "diffaugment=color,translation,cutout"]
 AFTER = [*W16, "kl_weight=0.5", "diffaugment="]
 # cpu-demo's steps and recipe with bf16 autocast and channels_last; the rows on it set the width.
 BF16_DEMO = ["steps=1500", "kl_weight=0.5", "diffaugment=", "amp=true"]
+# cpu-demo as it is (width 32), what the later one-change rows start from.
+DEMO = ["width=32", *BF16_DEMO]
 
 # name -> (--set overrides on top of the preset, what changes)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -78,8 +80,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # half the CPU time per step, if bf16 does not cost quality. Compare with the width-32
     # run's checkpoint at step 1,500 (--curve width-32), which is this recipe in fp32.
     "w32-1500-bf16": (
-        ["width=32", *BF16_DEMO],
+        DEMO,
         "width 32, 1,500 steps (cpu-demo), bf16 autocast and channels_last (fp32)",
+    ),
+    "w32-1500-bf16-seed1": (
+        [*DEMO, "seed=1"],
+        "cpu-demo (bf16), training seed 1",
     ),
     # What the CPU time bf16 saves buys at cpu-demo's size: a wider network for about the time
     # the fp32 width-32 run took.
@@ -91,29 +97,25 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # decoder only on N(0, I) draws: train it between the codes too (latent mixup), on part or
     # all of the prior batch. Compare with w32-1500-bf16.
     "mixup-0.5": (
-        ["width=32", *BF16_DEMO, "prior_mixup=0.5"],
+        [*DEMO, "prior_mixup=0.5"],
         "cpu-demo (bf16) with half the GAN's prior draws mixing two codes (none)",
     ),
     "mixup-0.5-seed1": (
-        ["width=32", *BF16_DEMO, "prior_mixup=0.5", "seed=1"],
+        [*DEMO, "prior_mixup=0.5", "seed=1"],
         "cpu-demo (bf16) with half the GAN's prior draws mixing two codes, training seed 1",
     ),
-    "w32-1500-bf16-seed1": (
-        ["width=32", *BF16_DEMO, "seed=1"],
-        "cpu-demo (bf16), training seed 1",
-    ),
     "mixup-1": (
-        ["width=32", *BF16_DEMO, "prior_mixup=1"],
+        [*DEMO, "prior_mixup=1"],
         "cpu-demo (bf16) with every GAN prior draw mixing two codes (none)",
     ),
     # The two architecture changes kept from earlier trials, each undone on cpu-demo as it is:
     # the DCGAN decoder's transposed convolutions, and its BatchNorm D with the BCE loss.
     "transpose": (
-        ["width=32", *BF16_DEMO, "upsample=transpose"],
+        [*DEMO, "upsample=transpose"],
         "cpu-demo (bf16) with transposed convolutions (resize + conv)",
     ),
     "batchnorm-d": (
-        ["width=32", *BF16_DEMO, "d_norm=batch", "gan_loss=bce"],
+        [*DEMO, "d_norm=batch", "gan_loss=bce"],
         "cpu-demo (bf16) with a BatchNorm D and the BCE loss (spectral norm, hinge)",
     ),
     # What more of the time budget buys: 1.6x the steps.
