@@ -20,8 +20,12 @@ after another for --duration seconds, after a short warm-up of the same load.
 Clients share a connection eight at a time (the gateway allows 32 streams per connection).
 CPU is user + system time of the load generator (this process), the gateway and Triton (with
 its python backend's stubs), read from /proc around each row; this machine's speed drifts
-between runs, so CPU per unit of work and ratios within one run are what compare. The
-targets are issue 18's; the run exits 1 if any call ended with anything but OK.
+between runs, so CPU per unit of work and ratios within one run are what compare. Each row
+also gives, from Triton's metrics, the items per request Triton received (the gateway's
+batches) and per execution it ran: every process's CPU per call falls as these grow, and on a
+saturated 2-core machine the same row can settle at different batch sizes from run to run,
+which is most of the spread of its ratios. The targets are issue 18's; the run exits 1 if any
+call ended with anything but OK.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +48,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from benchmarks.grpc_floor import SERVER
@@ -72,6 +78,11 @@ class Row:
     codes: dict = field(default_factory=dict)
     cpu_ms_per_call: dict = field(default_factory=dict)  # process -> ms
     images_per_s: float = 0.0
+    # Triton's own counters for the decoder over the row: the batches it was sent (what the
+    # gateway's batcher made of the calls) and the batches it ran (after its own batcher).
+    # Per-call CPU everywhere depends on them, so they say which regime a row ran in.
+    items_per_triton_request: float | None = None
+    items_per_triton_execution: float | None = None
 
     @property
     def calls_per_s(self) -> float:
@@ -82,14 +93,30 @@ class Row:
 
 
 class Cpu:
-    """CPU seconds of the processes on the path, by name ('client' is this process)."""
+    """CPU seconds of the processes on the path, by name ('client' is this process), and
+    the decoder's counters from Triton's metrics endpoint when there is one."""
 
-    def __init__(self, pids: dict[str, int]):
-        self.pids = pids
+    def __init__(self, pids: dict[str, int], triton_metrics: str | None = None, model: str = ""):
+        self.pids, self.triton_metrics, self.model = pids, triton_metrics, model
 
     def read(self) -> dict[str, float]:
         out = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
         out["client"] = time.process_time()
+        return out
+
+    def counters(self) -> dict[str, float]:
+        """Triton's nv_inference_{request_success,count,exec_count} for the model."""
+        if not self.triton_metrics:
+            return {}
+        text = urllib.request.urlopen(self.triton_metrics, timeout=5).read().decode()
+        wanted = {"nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name not in wanted:
+                continue
+            for s in family.samples:  # the parser names a counter's samples NAME_total
+                if s.name == family.name + "_total" and s.labels.get("model") == self.model:
+                    out[family.name] = out.get(family.name, 0.0) + s.value
         return out
 
 
@@ -127,11 +154,18 @@ async def measure(
     name: str, shape: str, calls: list, cpu: Cpu, seconds: float, warmup: float = 0.5
 ) -> Row:
     await closed_loop(calls, warmup)
+    counted = cpu.counters()
     before, t0 = cpu.read(), time.monotonic()
     latencies, codes, images = await closed_loop(calls, seconds)
     elapsed, after = time.monotonic() - t0, cpu.read()
+    counts = {k: v - counted[k] for k, v in cpu.counters().items()}
     ok = codes.get("OK", 0)
     lat = np.asarray(latencies) * 1e3
+
+    def per(what: str) -> float | None:
+        n = counts.get(what, 0)
+        return counts["nv_inference_count"] / n if n else None
+
     return Row(
         name=name,
         shape=shape,
@@ -143,6 +177,8 @@ async def measure(
         codes=dict(codes),
         cpu_ms_per_call={k: 1e3 * (after[k] - before[k]) / max(1, ok) for k in after},
         images_per_s=images / elapsed,
+        items_per_triton_request=per("nv_inference_request_success"),
+        items_per_triton_execution=per("nv_inference_exec_count"),
     )
 
 
@@ -471,7 +507,7 @@ def main() -> None:
         rows.append(ceiling(repo, a.model, latent, a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
-        cpu = Cpu({"triton": triton.process.pid})
+        cpu = Cpu({"triton": triton.process.pid}, triton.metrics_url, a.model)
         if "triton" in a.only:
             rows += asyncio.run(
                 triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes)
@@ -490,7 +526,11 @@ def main() -> None:
         progress.update()
         for _, name, flags, raw, png, stream in runs:
             with gateway_process(triton.grpc_url, *flags) as gw:
-                cpu = Cpu({"gateway": gw.process.pid, "triton": triton.process.pid})
+                cpu = Cpu(
+                    {"gateway": gw.process.pid, "triton": triton.process.pid},
+                    triton.metrics_url,
+                    a.model,
+                )
                 rows += asyncio.run(
                     gateway_rows(gw.target, latent, cpu, a.duration, name, raw, png, stream)
                 )
@@ -499,7 +539,8 @@ def main() -> None:
     found = targets(rows)
     print(
         f"\n{'row':<34} {'CxK':>5} {'calls/s':>8} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'CPU ms/call: client':>19} {'gateway':>8} {'triton':>7}  codes"
+        f"{'CPU ms/call: client':>19} {'gateway':>8} {'triton':>7} {'items/Triton req, exec':>22}"
+        "  codes"
     )
     for r in rows:
         c = r.cpu_ms_per_call
@@ -509,9 +550,12 @@ def main() -> None:
 
         p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else "-"
         p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
+        req, run = r.items_per_triton_request, r.items_per_triton_execution
+        items = f"{req:.1f}, {run:.1f}" if req is not None and run is not None else "-"
         print(
             f"{r.name:<34} {r.shape:>5} {r.calls_per_s:>8.0f} {r.images_per_s:>8.0f} {p50:>7} "
-            f"{p99:>7} {ms('client'):>19} {ms('gateway'):>8} {ms('triton'):>7}  {r.codes}"
+            f"{p99:>7} {ms('client'):>19} {ms('gateway'):>8} {ms('triton'):>7} {items:>22}"
+            f"  {r.codes}"
         )
     print()
     for t in found:

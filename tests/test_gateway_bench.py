@@ -1,6 +1,12 @@
 """benchmarks/gateway_bench.targets(): issue 18's ratios, computed from the rows of one run."""
 
-from benchmarks.gateway_bench import CEILING, Row, targets
+import asyncio
+
+import pytest
+
+from benchmarks.gateway_bench import CEILING, Cpu, Row, targets, triton_rows
+from vaegan.export.local_triton import LocalTriton
+from vaegan.repository import latent_dim
 
 GW, ASY = "gateway, uvloop", "gateway, asyncio"
 
@@ -65,3 +71,17 @@ def test_a_target_whose_rows_did_not_run_is_unknown_not_met_or_missed():
     assert t["T2 gateway CPU/call 64x1, uvloop / asyncio"]["value"] is None
     assert t["T2 gateway CPU/call 64x1, uvloop / asyncio"]["met"] is None
     assert "T6 ms the gateway adds at 1x1 (p50)" not in t
+
+
+@pytest.mark.integration
+def test_a_row_reads_from_real_triton_how_many_items_each_request_and_execution_carried(repo):
+    model = "vaegan_decoder"
+    with LocalTriton(repo) as triton:
+        cpu = Cpu({"triton": triton.process.pid}, triton.metrics_url, model)
+        (r,) = asyncio.run(
+            triton_rows(triton.grpc_url, model, latent_dim(repo, model), cpu, 0.5, ["16x8"])
+        )
+    assert set(r.codes) == {"OK"} and r.calls > 0
+    assert r.items_per_triton_request == 8.0  # every call of the row carried 8 embeddings
+    # Triton's own batcher may merge concurrent requests; it never splits one.
+    assert r.items_per_triton_execution is not None and r.items_per_triton_execution >= 8.0
