@@ -118,6 +118,13 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "d_norm=batch", "gan_loss=bce"],
         "cpu-demo (bf16) with a BatchNorm D and the BCE loss (spectral norm, hinge)",
     ),
+    # Augmenting the data every network sees, not only D's (DiffAugment): random left-right
+    # flips double a small folder; Inception's statistics barely notice a mirrored emoji.
+    "mirror": ([*DEMO, "mirror=true"], "cpu-demo (bf16) with random left-right flips (none)"),
+    "mirror-seed1": (
+        [*DEMO, "mirror=true", "seed=1"],
+        "cpu-demo (bf16) with random left-right flips, training seed 1",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }

@@ -117,6 +117,34 @@ def test_center_crop_flag_changes_what_is_stored(image_zoo, tmp_path):
     assert np.array_equal(c, center.train_batch(idx, [1]))
 
 
+@pytest.mark.parametrize("center_crop", [True, False])
+def test_mirror_flips_about_half_the_images_and_a_rank_split_flips_the_same_ones(
+    image_zoo, tmp_path, center_crop
+):
+    prepare(
+        image_zoo,
+        tmp_path / "d",
+        center_crop=center_crop,
+        val_fraction=0.0,
+        max_pixels=1_000_000,
+        workers=1,
+        progress=False,
+    )
+    ds = load_dataset(tmp_path / "d")
+    idx = np.resize(np.arange(len(ds.train)), 64)
+    plain = ds.train_batch(idx, [0, 5, 1])
+    mirrored = ds.train_batch(idx, [0, 5, 1], mirror=True)
+    same = [np.array_equal(m, p) for m, p in zip(mirrored, plain, strict=True)]
+    flipped = [np.array_equal(m, p[:, ::-1]) for m, p in zip(mirrored, plain, strict=True)]
+    # The windows are the ones cut without mirror; each is kept or flipped, never anything else.
+    assert all(s or f for s, f in zip(same, flipped, strict=True))
+    assert 16 <= sum(f and not s for s, f in zip(same, flipped, strict=True)) <= 48
+    # Two ranks loading halves of the batch flip exactly what one rank loading it all does.
+    halves = [ds.train_batch(idx[i : i + 32], [0, 5, 1], first=i, mirror=True) for i in (0, 32)]
+    assert np.array_equal(np.concatenate(halves), mirrored)
+    assert not np.array_equal(ds.train_batch(idx, [0, 6, 1], mirror=True), mirrored)
+
+
 def test_split_is_deterministic_per_seed_and_sized_by_fraction():
     a, b, c = split_indices(100, 0.2, 7), split_indices(100, 0.2, 7), split_indices(100, 0.2, 8)
     assert a.sum() == 20 and np.array_equal(a, b) and not np.array_equal(a, c)

@@ -13,6 +13,7 @@ from vaegan.errors import VaeganError
 from vaegan.training import checkpoint as ckpt
 from vaegan.training import losses
 from vaegan.training.config import ModelConfig, TrainConfig, apply_overrides, preset
+from vaegan.training.data import Dataset
 from vaegan.training.step import Divergence
 from vaegan.training.train import train
 
@@ -128,6 +129,23 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert state["step"] == 6
     assert (run / "checkpoints" / "last.pt").read_bytes() != good
     assert all(torch.isfinite(v).all() for v in state["decoder"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_the_loop_asks_for_flipped_batches_exactly_when_mirror_is_set(
+    shapes_dataset, tmp_path, monkeypatch, mirror
+):
+    asked = []
+    real = Dataset.train_batch
+
+    def recording(self, indices, key, first=0, mirror=False):
+        asked.append(mirror)
+        return real(self, indices, key, first, mirror)
+
+    monkeypatch.setattr(Dataset, "train_batch", recording)
+    cfg = replace(TINY, steps=2, checkpoint_every=2, eval_every=100, mirror=mirror)
+    train(cfg, shapes_dataset, tmp_path / "r", progress=False)
+    assert asked == [mirror, mirror]
 
 
 def test_checkpoint_write_that_crashes_leaves_the_previous_file_intact(tmp_path, monkeypatch):

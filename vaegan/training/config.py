@@ -110,6 +110,11 @@ class TrainConfig:
         "share of the decoder's prior draws in the GAN loss that mix two of the batch's codes "
         "(a z_i + (1 - a) z_j, a ~ U(0, 1)) instead of drawing N(0, I)",
     )
+    mirror: bool = _f(
+        False,
+        "flip each training image left-right with probability 1/2 (StyleGAN2-ADA's --mirror): "
+        "twice the images for a small folder whose subjects may face either way",
+    )
     diffaugment: str = _f(
         "color,translation,cutout",
         "DiffAugment transforms applied to every image D sees (comma-separated; empty = off)",

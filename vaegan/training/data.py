@@ -104,19 +104,25 @@ class Dataset:
         top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
         return img[top : top + size, left : left + size]
 
-    def train_batch(self, indices: np.ndarray, key: list[int], first: int = 0) -> np.ndarray:
-        """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases. The
-        window of the image at position ``first + j`` of a batch comes from its own generator
-        seeded by ``key + [first + j]``, so a rank loading positions 32..63 of a batch cuts
-        the same windows one rank loading all 64 would."""
+    def train_batch(
+        self, indices: np.ndarray, key: list[int], first: int = 0, mirror: bool = False
+    ) -> np.ndarray:
+        """uint8 [B, size, size, 3]: stored crops, or fresh random windows of canvases, each
+        flipped left-right with probability 1/2 when ``mirror``. The window and flip of the
+        image at position ``first + j`` of a batch come from its own generator seeded by
+        ``key + [first + j]``, so a rank loading positions 32..63 of a batch cuts the same
+        windows one rank loading all 64 would."""
         size = self.crop.size
         out = np.empty((len(indices), size, size, 3), np.uint8)
         for j, i in enumerate(indices):
             img = self.train[int(i)]
+            rng = np.random.default_rng([*key, first + j])
             if img.shape[0] == size == img.shape[1]:
                 out[j] = img
             else:
-                out[j] = random_window(img, size, np.random.default_rng([*key, first + j]))
+                out[j] = random_window(img, size, rng)
+            if mirror and rng.random() < 0.5:
+                out[j] = out[j, :, ::-1]
         return out
 
 

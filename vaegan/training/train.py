@@ -305,7 +305,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
                     "continue with --resume"
                 )
             idx = batch_indices(len(ds.train), cfg.batch_size, cfg.seed, step)[share]
-            x_np = ds.train_batch(idx, [cfg.seed, step, 1], first=share.start)
+            x_np = ds.train_batch(idx, [cfg.seed, step, 1], first=share.start, mirror=cfg.mirror)
             x = from_pixels(torch.from_numpy(x_np)).to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
