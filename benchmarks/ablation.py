@@ -125,6 +125,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "mirror=true", "seed=1"],
         "cpu-demo (bf16) with random left-right flips, training seed 1",
     ),
+    "mirror-3000": (
+        [*DEMO, "mirror=true", "steps=3000"],
+        "cpu-demo (bf16) with random left-right flips and 3,000 steps (1,500)",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }
