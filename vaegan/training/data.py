@@ -116,16 +116,12 @@ class Dataset:
         out = np.empty((len(indices), size, size, 3), np.uint8)
         for j, i in enumerate(indices):
             img = self.train[int(i)]
-            rng = None  # made only when drawn from: a stored crop without mirror needs none
-            if img.shape[0] == size == img.shape[1]:
-                out[j] = img
-            else:
-                rng = np.random.default_rng([*key, first + j])
-                out[j] = random_window(img, size, rng)
-            if mirror:
-                rng = rng if rng is not None else np.random.default_rng([*key, first + j])
-                if rng.random() < 0.5:
-                    out[j] = out[j, :, ::-1]
+            stored = img.shape[0] == size == img.shape[1]
+            # A generator only where one is drawn from: a stored crop without mirror needs none.
+            rng = None if stored and not mirror else np.random.default_rng([*key, first + j])
+            out[j] = img if stored else random_window(img, size, rng)
+            if mirror and rng.random() < 0.5:
+                out[j] = out[j, :, ::-1]
         return out
 
 
