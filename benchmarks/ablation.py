@@ -129,6 +129,17 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "mirror=true", "steps=3000"],
         "cpu-demo (bf16) with random left-right flips and 3,000 steps (1,500)",
     ),
+    # N(0, I) draws decode to blobs while draws near the codes decode to emoji: the codes as a
+    # whole miss the prior. An MMD between the batch's codes and N(0, I) on the encoder
+    # (InfoVAE; WAE-MMD) pulls them onto it, which the per-image KL does not.
+    "mmd-100": (
+        [*DEMO, "mmd_weight=100"],
+        "cpu-demo (bf16) with MMD(codes, N(0, I)) weight 100 (0)",
+    ),
+    "mmd-1000": (
+        [*DEMO, "mmd_weight=1000"],
+        "cpu-demo (bf16) with MMD(codes, N(0, I)) weight 1,000 (0)",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }

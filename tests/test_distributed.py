@@ -20,11 +20,14 @@ from vaegan.training.train import config_from_checkpoint, train
 # A tiny model, the global batch of 64 (2 ranks x 32, 4 ranks x 16), a checkpoint every step,
 # in fp32: the comparisons below pin the distributed arithmetic, and bf16 rounds a rank's
 # half-batch differently from the whole batch by more than their tolerance. Half the prior
-# draws mix two codes of the global batch, which every rank must gather alike, and each rank
-# must flip (mirror) exactly the images one rank would.
+# draws mix two codes of the global batch, which every rank must gather alike, each rank
+# must flip (mirror) exactly the images one rank would, and the MMD of the global batch's codes
+# (weighted so it counts in the encoder's gradient) must give each rank's codes the gradient one
+# rank would.
 SETS = [
     "amp=false",
     "prior_mixup=0.5",
+    "mmd_weight=1000",
     "mirror=true",
     "width=8",
     "latent_dim=16",

@@ -111,6 +111,52 @@ def test_mixed_prior_draws_lie_between_two_of_the_batchs_codes(share):
         TrainConfig(prior_mixup=1.5)
 
 
+def test_mmd_is_near_zero_for_prior_draws_and_grows_as_codes_leave_the_prior():
+    from vaegan.training.losses import mmd_imq
+
+    g = torch.Generator().manual_seed(0)
+
+    def mean_mmd(shift: float, scale: float) -> float:
+        runs = [
+            mmd_imq(
+                torch.randn(64, 32, generator=g) * scale + shift, torch.randn(64, 32, generator=g)
+            )
+            for _ in range(10)
+        ]
+        return float(sum(runs)) / len(runs)
+
+    assert abs(mean_mmd(0.0, 1.0)) < 0.01  # unbiased: about 0 when the codes are the prior
+    shifted = [mean_mmd(s, 1.0) for s in (0.1, 0.3, 1.0, 3.0)]
+    assert shifted == sorted(shifted) and shifted[0] > 0.005
+    # Codes bunched tighter than the prior (what leaves holes in it) count as well.
+    assert mean_mmd(0.0, 0.5) > 0.3
+
+
+def test_the_mmd_term_moves_the_encoders_codes_toward_the_prior():
+    # Only the MMD weighs on the encoder: a few steps on one batch must shrink it. Codes of
+    # an untrained encoder sit bunched near 0, far from N(0, I).
+    from vaegan.training.losses import mmd_imq
+
+    cfg, model, nets, opts, x = _step_setup(
+        kl_weight=0.0, llike_weight=0.0, pixel_weight=0.0, mmd_weight=10.0, lr_enc=1e-2
+    )
+    x = torch.rand(32, 3, 32, 32) * 2 - 1
+    prior = torch.randn(512, 8, generator=torch.Generator().manual_seed(1))
+
+    def mmd_of_codes() -> float:
+        with torch.no_grad():
+            mu, _ = model.encoder(x)
+        return float(mmd_imq(mu, prior))
+
+    before = mmd_of_codes()
+    for _ in range(20):
+        losses = train_step(nets, opts, x, cfg)
+    assert float(losses.mmd) != 0  # computed and logged
+    assert mmd_of_codes() < 0.5 * before
+    with pytest.raises(VaeganError, match="mmd_weight"):
+        TrainConfig(mmd_weight=-1)
+
+
 def test_pixels_round_trip_between_uint8_and_model_range():
     px = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     assert torch.equal(to_pixels(from_pixels(px)), px)

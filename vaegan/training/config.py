@@ -88,6 +88,11 @@ class TrainConfig:
     beta2: float = _f(0.999, "Adam beta2")
     # loss weights (Larsen et al. 2016, "Autoencoding beyond pixels")
     kl_weight: float = _f(1.0, "weight of the KL prior term on the encoder")
+    mmd_weight: float = _f(
+        0.0,
+        "weight of the MMD between the batch's codes and N(0, I) on the encoder (InfoVAE, "
+        "WAE-MMD): pulls the codes as a whole onto the prior that N(0, I) sampling draws from",
+    )
     llike_weight: float = _f(1.0, "weight of the learned-similarity (feature) reconstruction")
     gamma: float = _f(
         1e-2,
@@ -161,6 +166,8 @@ class TrainConfig:
         parse_policy(self.diffaugment)
         if not 0.0 <= self.prior_mixup <= 1.0:
             raise VaeganError(f"prior_mixup must be in [0, 1], got {self.prior_mixup}")
+        if self.mmd_weight < 0:
+            raise VaeganError(f"mmd_weight must be >= 0, got {self.mmd_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise VaeganError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -15,6 +15,27 @@ def kl_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
 
 
+def mmd_imq(codes: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Maximum mean discrepancy between a batch of codes and draws of the prior, with the
+    inverse multiquadratic kernel k(a, b) = C / (C + |a - b|^2) summed over scales C = 2 d s
+    (Tolstikhin et al. 2018, "Wasserstein auto-encoders", sec. 4; InfoVAE, Zhao et al. 2017).
+    It measures the aggregate posterior against N(0, I), which the per-image KL does not: the
+    codes can each be near-Gaussian and still leave holes in the prior. Unbiased (the
+    diagonals are left out)."""
+    n, d = codes.shape
+    both = torch.cat([codes, prior])
+    norms = both.pow(2).sum(1)
+    sq = (norms[:, None] + norms[None, :] - 2 * both @ both.T).clamp_min(0)
+    k = sum(2.0 * d * s / (2.0 * d * s + sq) for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0))
+    k = k - torch.diag_embed(torch.diagonal(k))
+    m = prior.shape[0]
+    return (
+        k[:n, :n].sum() / (n * (n - 1))
+        + k[n:, n:].sum() / (m * (m - 1))
+        - 2 * k[:n, n:].sum() / (n * m)
+    )
+
+
 def llike_features(fake_features: torch.Tensor, real_features: torch.Tensor) -> torch.Tensor:
     """L_llike^Dis_l: Gaussian log-likelihood on D's l-th layer, i.e. half the squared
     feature distance, summed over features (eq. 8). The real features are the target."""
@@ -69,8 +90,9 @@ class Losses(NamedTuple):
     pixel: torch.Tensor
     gan_g: torch.Tensor
     gan_d: torch.Tensor
-    encoder: torch.Tensor  # L_prior + L_llike (+ pixel)
+    encoder: torch.Tensor  # L_prior + L_llike (+ pixel) (+ MMD)
     decoder: torch.Tensor  # gamma * (L_llike (+ pixel)) + L_GAN
+    mmd: torch.Tensor  # MMD(codes, N(0, I)), in the encoder's loss with mmd_weight
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in self._asdict().items()}

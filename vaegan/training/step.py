@@ -167,7 +167,13 @@ def train_step(
         loss_g = cfg.gamma * reconstruction  # gamma weighs it against L_GAN (eq. 10)
         if train_dec_gan:
             loss_g = loss_g + gan_g
-    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g)
+    mmd = torch.zeros((), device=x.device)
+    if cfg.mmd_weight:  # in fp32: distances between codes, outside autocast
+        mmd = _mmd(z.float(), n, share, dist)
+        # Every rank computes the global batch's MMD, with its gradient reaching only this
+        # rank's codes; DDP averages the gradients over ranks, so this restores their sum.
+        loss_e = loss_e + cfg.mmd_weight * dist.world_size * mmd
+    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g, mmd)
     _check_finite(step, losses._asdict(), last_path, dist)
     opts.encoder.zero_grad(set_to_none=True)
     opts.decoder.zero_grad(set_to_none=True)
@@ -177,6 +183,19 @@ def train_step(
     opts.encoder.step()
     opts.decoder.step()
     return losses
+
+
+def _mmd(z: torch.Tensor, n: int, share: slice, dist: Dist) -> torch.Tensor:
+    """MMD between the global batch's codes and n draws of N(0, I), the same on every rank.
+    The other ranks' codes enter as constants, so the gradient reaching this rank's codes is
+    exactly their part of the global MMD's. The draws are made for the global batch on every
+    rank alike."""
+    codes = z
+    if dist.enabled:
+        others = dist.gather(z)
+        codes = torch.cat([others[: share.start], z, others[share.stop :]])
+    prior = torch.randn(n, z.shape[1], device=z.device, dtype=z.dtype)
+    return L.mmd_imq(codes, prior)
 
 
 def _mixup(
