@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -64,6 +65,26 @@ def test_resuming_from_step_k_gives_the_weights_of_an_uninterrupted_run(shapes_d
         for pid, st in a[opt]["state"].items():
             assert torch.equal(st["exp_avg"], b[opt]["state"][pid]["exp_avg"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_a_slim_checkpoint_serves_the_same_model_and_refuses_to_resume(shapes_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(replace(TINY, steps=10), shapes_dataset, run, progress=False)
+    full_path = run / "checkpoints" / ckpt.LAST
+    slim_path = tmp_path / "slim.pt"
+    ckpt.save_atomic(ckpt.slim(ckpt.load(full_path)), slim_path)
+    assert slim_path.stat().st_size < 0.3 * full_path.stat().st_size
+
+    (full, facts), (light, light_facts) = ckpt.load_model(full_path), ckpt.load_model(slim_path)
+    assert light_facts == facts
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.allclose(light.encoder(x)[0], full.encoder(x)[0], atol=2e-2)
+        assert torch.allclose(light.decoder(z), full.decoder(z), atol=2e-2)  # the EMA decoder
+    with pytest.raises(VaeganError, match="resume from the full checkpoint"):
+        shutil.copy(slim_path, full_path)
+        train(replace(TINY, steps=20), shapes_dataset, run, resume=True, progress=False)
 
 
 def test_checkpoint_carries_configs_crop_policy_and_dataset_facts(shapes_dataset, tmp_path):

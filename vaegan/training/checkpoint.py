@@ -15,9 +15,12 @@ needed to rebuild, resume and export a model:
     fixed_z         the latent vectors of the sample grids
     metrics         the last validation metrics
     best_fid        the lowest FID seen (None when the run measures none)
+    slim            True in a copy made by ``slim`` (absent otherwise)
 
 ``snapshot`` writes it from a run, ``restore`` puts a run back, ``load_model`` rebuilds the
-model export and evaluation use, and ``Facts`` is what they report about it.
+model export and evaluation use, ``Facts`` is what they report about it, and ``slim`` keeps
+only what ``load_model`` reads (D, the optimisers and the RNG dropped, weights in fp16): a
+checkpoint to carry elsewhere for export or scoring, not to resume from.
 """
 
 from __future__ import annotations
@@ -148,8 +151,33 @@ class Restored:
     decoder_ema: dict[str, Any] | None  # the moving average's state dict, when saved
 
 
+def slim(state: dict[str, Any], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """What ``load_model`` reads of ``state``: the facts, the encoder and the served decoder,
+    their floating-point tensors in ``dtype`` (counters stay integers). A `gpu` run's is a
+    seventh of the full file, small enough to bring back from a short lease of a GPU machine
+    and score here (benchmarks/gpu_check.py)."""
+
+    def cast(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+
+    served = state.get("decoder_ema") or state["decoder"]
+    keep = ("format_version", "model_config", "train_config", "crop", "dataset", "step", "metrics")
+    return {
+        **{k: state[k] for k in keep},
+        "encoder": cast(state["encoder"]),
+        "decoder": None,
+        "decoder_ema": cast(served),
+        "slim": True,
+    }
+
+
 def restore(state: dict[str, Any], model, opts, cuda: bool) -> Restored:
     """Put the networks, optimisers and RNG back as saved; the rest comes back as values."""
+    if state.get("slim"):
+        raise VaeganError(
+            "this checkpoint holds only what export and evaluation read (no discriminator, "
+            "optimisers or RNG state); resume from the full checkpoint it was made from"
+        )
     model.encoder.load_state_dict(state["encoder"])
     model.decoder.load_state_dict(state["decoder"])
     model.discriminator.load_state_dict(state["discriminator"])
