@@ -153,9 +153,9 @@ class Restored:
 
 def slim(state: dict[str, Any], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """What ``load_model`` reads of ``state``: the facts, the encoder and the served decoder,
-    their floating-point tensors in ``dtype`` (counters stay integers). A `gpu` run's is a
-    seventh of the full file, small enough to bring back from a short lease of a GPU machine
-    and score here (benchmarks/gpu_check.py)."""
+    their floating-point tensors in ``dtype`` (counters stay integers). Without the
+    discriminator, the raw decoder and the optimisers' moments it is small enough to bring
+    back from a short lease of a GPU machine and score here (benchmarks/gpu_check.py)."""
 
     def cast(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
