@@ -140,6 +140,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "mmd_weight=1000"],
         "cpu-demo (bf16) with MMD(codes, N(0, I)) weight 1,000 (0)",
     ),
+    # At 32 px D has three blocks, so the learned similarity's block 3 is 4x4; Larsen et al.
+    # compare at 8x8 (block 3 of four at 64 px), which block 2 is here.
+    "feature-2": (
+        [*DEMO, "feature_layer=2"],
+        "cpu-demo (bf16) with the learned similarity on D's block 2, 8x8 (block 3, 4x4)",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }
