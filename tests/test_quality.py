@@ -172,3 +172,39 @@ def test_evaluate_scores_an_exported_version_and_ends_with_its_figures(
     assert alone["reconstructions"]["fid"] == pytest.approx(result["reconstructions"]["fid"])
     # a folder that is not a prepared dataset is a one-line error, not a traceback
     assert main(["evaluate", "--repository", str(repo), "--data", str(tmp_path)]) == 2
+
+
+def test_evaluate_scales_both_priors_draws_as_generate_does(shapes_dataset, monkeypatch):
+    # The Inception is faked: this pins which codes are decoded, not their scores.
+    from types import SimpleNamespace
+
+    from vaegan import prior
+    from vaegan.errors import VaeganError
+    from vaegan.export import evaluate as ev
+
+    monkeypatch.setattr(fid, "InceptionFeatures", lambda: lambda images, done: np.zeros((1, 2)))
+    real = SimpleNamespace(images=np.zeros((8, 32, 32, 3), np.uint8), features=[0], description="")
+    monkeypatch.setattr(fid, "real_set", lambda data, inception, progress: real)
+    monkeypatch.setattr(fid, "score", lambda real, f: SimpleNamespace(as_dict=lambda: {}))
+    mixture = prior.fit(np.random.default_rng(0).standard_normal((40, 4)), 3)
+    decoded: list[np.ndarray] = []
+
+    def decode(z):
+        decoded.append(z)
+        return np.zeros((len(z), 32, 32, 3), np.uint8)
+
+    model = ev.Scored(lambda px: None, decode, 4, 32, {}, mixture)
+    kinds = ("samples", "samples_fitted")
+    for t in (1.0, 0.5):
+        out = ev.evaluate(model, shapes_dataset, n=6, progress=False, kinds=kinds, temperature=t)
+        assert out["temperature"] == t
+    (normal, fitted), (normal_half, fitted_half) = decoded[:2], decoded[2:]
+    assert np.array_equal(normal_half, normal * 0.5)  # N(0, 0.5^2 I), the same seed
+    # Around the same components, at half the spread.
+    rng = np.random.default_rng(0)
+    rng.standard_normal((6, 4))  # evaluate's N(0, I) draws,
+    rng.choice(8, size=6, replace=False)  # and its pick of real images, come first
+    means = mixture.means[rng.choice(len(mixture.weights), size=6, p=mixture.weights)]
+    assert np.allclose(fitted_half - means, (fitted - means) * 0.5, atol=1e-5)
+    with pytest.raises(VaeganError, match="temperature"):
+        ev.evaluate(model, shapes_dataset, n=6, progress=False, temperature=0)

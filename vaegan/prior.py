@@ -23,6 +23,10 @@ from vaegan.errors import VaeganError
 #: more like the data, less novel (for ~1,000 images, 80 leaves ~16 codes per component;
 #: README has the sweep on the demo model).
 DEFAULT_COMPONENTS = 80
+#: The largest temperature a prior draw may be scaled by (Generate's ``sample.temperature``,
+#: ``vaegan evaluate --temperature``): beyond it draws mean nothing, and far beyond it they
+#: overflow float32 into Inf embeddings.
+MAX_TEMPERATURE = 10.0
 #: Covariance ridge, relative to the codes' mean variance: keeps components of few codes
 #: invertible and their draws from collapsing onto a line.
 RIDGE = 1e-2

@@ -57,6 +57,12 @@ def register(sub) -> None:
     )
     ev.add_argument("--seed", type=int, default=0, help="seeds the prior draws and the picks")
     ev.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale both priors' draws as Generate's sample.temperature does (default 1)",
+    )
+    ev.add_argument(
         "--prior-components",
         type=int,
         default=DEFAULT_COMPONENTS,
@@ -116,7 +122,14 @@ def evaluate(a: argparse.Namespace) -> int:
     )
     kinds = tuple(a.only) if a.only else ev.KINDS
     result = ev.evaluate(
-        model, a.data, n=a.n, seed=a.seed, progress=not a.quiet, kinds=kinds, grids=a.grids
+        model,
+        a.data,
+        n=a.n,
+        seed=a.seed,
+        progress=not a.quiet,
+        kinds=kinds,
+        grids=a.grids,
+        temperature=a.temperature,
     )
     text = json.dumps(result, indent=2)
     if a.out:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vaegan.errors import VaeganError
 from vaegan.grid import save_grid
-from vaegan.prior import DEFAULT_COMPONENTS, GaussianMixture
+from vaegan.prior import DEFAULT_COMPONENTS, MAX_TEMPERATURE, GaussianMixture
 from vaegan.training import fid
 
 
@@ -108,11 +108,13 @@ def evaluate(
     progress: bool = True,
     kinds: tuple[str, ...] = KINDS,
     grids: str | Path | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """FID and precision/recall of each of ``kinds`` (``samples_fitted`` needs a prior).
     Draws are made in a fixed order whatever ``kinds`` holds, so a kind scores the same
     images alone or with the others. With ``grids``, the first 64 scored images of each kind
-    are written there as ``<kind>.png``, to look at beside the figures."""
+    are written there as ``<kind>.png``, to look at beside the figures. ``temperature``
+    scales both priors' draws exactly as ``Generate``'s ``sample.temperature`` does."""
     from vaegan.training.data import load_dataset
 
     unknown = set(kinds) - set(KINDS)
@@ -125,6 +127,10 @@ def evaluate(
         )
     if n < 4:
         raise VaeganError("--n must be at least 4 (precision/recall compare 3 neighbours)")
+    if not (np.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+        raise VaeganError(
+            f"--temperature {temperature:g}: expected 0 < temperature <= {MAX_TEMPERATURE:g}"
+        )
     inception = fid.InceptionFeatures()
     real = fid.real_set(data, inception, progress)
     val = np.array(ds.val_images()) if len(ds.val) > 4 else None  # a copy: the split is small
@@ -143,7 +149,7 @@ def evaluate(
         dynamic_ncols=True,
     ) as bar:
         rng = np.random.default_rng(seed)
-        z = rng.standard_normal((n, model.latent_dim)).astype(np.float32)
+        z = (rng.standard_normal((n, model.latent_dim)) * temperature).astype(np.float32)
         picked = real.images[rng.choice(len(real.images), size=n, replace=n > len(real.images))]
         out: dict[str, Any] = {
             **model.source,
@@ -152,6 +158,7 @@ def evaluate(
             "real_n": len(real.features),
             "n": n,
             "seed": seed,
+            "temperature": temperature,
             "inception_sha1": fid.INCEPTION_SHA1,
         }
 
@@ -163,7 +170,7 @@ def evaluate(
         if "samples" in kinds:
             score("samples", model.decode(z))
         if fitted_prior is not None:
-            score("samples_fitted", model.decode(fitted_prior.sample(n, rng)))
+            score("samples_fitted", model.decode(fitted_prior.sample(n, rng, temperature)))
             out["prior_components"] = len(fitted_prior.weights)
         if "reconstructions" in kinds:
             score("reconstructions", model.decode(model.encode(picked)))
@@ -179,10 +186,12 @@ def summary(result: dict[str, Any]) -> str:
         "reconstructions": "reconstructions",
     }
     scored = [(k, result[k]) for k in names if k in result]
+    at = result.get("temperature", 1.0)
     line = (
         "FID "
         + ", ".join(f"{names[k]} {s['fid']:.1f}" for k, s in scored)
-        + f" (n={result['n']} each vs {result['real_n']} real images)"
+        + f" (n={result['n']} each vs {result['real_n']} real images"
+        + (f"; prior draws at temperature {at:g})" if at != 1.0 else ")")
     )
     if scored:
         line += "; precision/recall " + ", ".join(

@@ -20,7 +20,7 @@ from vaegan import latent
 from vaegan import repository as store
 from vaegan.errors import DeadlineExceeded, FailedPrecondition, InvalidInput
 from vaegan.latent import Direction
-from vaegan.prior import GaussianMixture
+from vaegan.prior import MAX_TEMPERATURE, GaussianMixture
 from vaegan.repository import ModelMeta
 from vaegan.service import codecs
 from vaegan.service.backends import Backend
@@ -30,8 +30,8 @@ from vaegan.service.metrics import Metrics
 from vaegan.service.settings import Settings
 
 # Bounds of what callers may ask for (documented in the proto): beyond them the answer is
-# meaningless, and large enough values overflow float32 into Inf embeddings.
-MAX_TEMPERATURE = 10.0
+# meaningless, and large enough values overflow float32 into Inf embeddings. The temperature's
+# is the prior's (vaegan.prior.MAX_TEMPERATURE), which evaluation shares.
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # Triton's versions are positive int64
 MAX_WEIGHT = 100.0
 
