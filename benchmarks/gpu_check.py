@@ -2,7 +2,7 @@
 machine (issue 15: the `gpu` preset's img/s with and without bf16 and torch.compile, and its
 FID against training time), then scored back here.
 
-    python -m benchmarks.gpu_check pack --data outputs/data64    # -> .gpu/data64 (18 MiB)
+    python -m benchmarks.gpu_check pack --data outputs/data64    # -> .gpu/data64 (17 MiB)
     # there, from the repository root, with the machine's own torch (device tool: carry
     # [".gpu"], timeout_s 590; about 8 minutes, plus the machine's start):
     PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check run \
@@ -16,7 +16,7 @@ and without torch.compile), then trains each variant below for ``--minutes`` of 
 and stops it with SIGTERM (the loop then checkpoints and ends). The FID Inception (87 MB)
 does not fit in what a lease carries, so FID is not measured there: each variant's
 checkpoint nearest half its time and its last come back as ``checkpoint.slim`` copies (the
-encoder and the served decoder in fp16, 14 MB for `gpu`), with the runs' grids and logs in
+encoder and the served decoder in fp16, 13 MiB for `gpu`), with the runs' grids and logs in
 ``runs.tar.gz``. ``score`` runs ``vaegan evaluate`` on each here and writes a table.
 """
 
