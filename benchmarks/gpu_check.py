@@ -67,7 +67,7 @@ def throughput(out: Path, preset: str, steps: int, compile_: bool) -> dict:
 
 def train_for(run: Path, data: Path, preset: str, sets: list[str], seconds: float, every: int):
     """``vaegan train`` for ``seconds`` of wall-clock, then SIGTERM: the loop checkpoints at
-    its next step and ends. Returns (steps done, seconds it ran)."""
+    its next step and ends. Returns the seconds it ran."""
     from vaegan.training import checkpoint as ckpt
 
     cmd = _python("vaegan.cli", "train", "--data", str(data), "--out", str(run))
@@ -88,25 +88,24 @@ def train_for(run: Path, data: Path, preset: str, sets: list[str], seconds: floa
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=300)
     elapsed = time.monotonic() - start
-    last = run / "checkpoints" / ckpt.LAST
-    if not last.exists():
+    if not (run / "checkpoints" / ckpt.LAST).exists():
         raise SystemExit(f"{run.name}: no checkpoint written (exit {proc.returncode})")
-    return int(ckpt.load(last)["step"]), elapsed
+    return elapsed
 
 
-def ship(run: Path, name: str, out: Path) -> list[str]:
-    """The step-numbered checkpoint nearest half the run and the last, as slim copies."""
+def ship(run: Path, name: str, out: Path) -> tuple[int, list[str]]:
+    """The step-numbered checkpoint nearest half the run and the last, as slim copies.
+    Returns the run's steps and the copies' names."""
     from vaegan.training import checkpoint as ckpt
 
     folder = run / "checkpoints"
     last = ckpt.load(folder / ckpt.LAST)
     total = int(last["step"])
-    kept = sorted(folder.glob("step_*.pt"))
+    kept = {int(p.stem.split("_")[1]): p for p in sorted(folder.glob("step_*.pt"))}
     picks = [last]
-    if kept:
-        mid = min(kept, key=lambda p: abs(int(p.stem.split("_")[1]) - total / 2))
-        if int(mid.stem.split("_")[1]) != total:
-            picks.insert(0, ckpt.load(mid))
+    mid = min(kept, key=lambda step: abs(step - total / 2), default=total)
+    if mid != total:
+        picks.insert(0, ckpt.load(kept[mid]))
     names = []
     for state in picks:
         path = out / f"{name}_{ckpt.step_name(int(state['step']))}"
@@ -114,7 +113,7 @@ def ship(run: Path, name: str, out: Path) -> list[str]:
         if path.stat().st_size > TRANSPORT_LIMIT:
             raise SystemExit(f"{path.name} is {path.stat().st_size} bytes, over what comes back")
         names.append(path.name)
-    return names
+    return total, names
 
 
 def run(a: argparse.Namespace) -> None:
@@ -138,16 +137,15 @@ def run(a: argparse.Namespace) -> None:
     every = a.checkpoint_every or max(1, int(eager["images_per_second"] / batch * a.minutes * 7.5))
     summary = {**facts, "throughput": rows, "checkpoint_every": every, "variants": {}}
     for name in a.variants:
-        run_dir = work / name
-        steps, seconds = train_for(
-            run_dir, Path(a.data), a.preset, [*VARIANTS[name], *a.set], a.minutes * 60, every
-        )
+        run_dir, sets = work / name, [*VARIANTS[name], *a.set]
+        seconds = train_for(run_dir, Path(a.data), a.preset, sets, a.minutes * 60, every)
+        steps, shipped = ship(run_dir, name, out)
         summary["variants"][name] = {
-            "sets": [*VARIANTS[name], *a.set],
+            "sets": sets,
             "steps": steps,
             "seconds": round(seconds, 1),
             "steps_per_s": round(steps / seconds, 2),
-            "shipped": ship(run_dir, name, out),
+            "shipped": shipped,
         }
         print(json.dumps({name: summary["variants"][name]}), flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
