@@ -729,8 +729,10 @@ def test_a_request_memory_budget_below_the_message_cap_stops_the_gateway_at_star
 
 def _unread_streams(target: str, n: int, frames: int = 1024):
     """``n`` InterpolateStream calls on one connection that never read a frame: the server
-    fills the flow-control window and then waits on the writes."""
-    channel = grpc.insecure_channel(target)
+    fills the flow-control window and then waits on the writes. No BDP probing, so the windows
+    stay small: grown by it, they can hold all 1,024 of the tiny model's frames, and a call
+    that finishes frees its slot (a CI run once saw 3 calls in flight where 4 were held)."""
+    channel = grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)])
     stub = pb_grpc.LatentServiceStub(channel)
     keys = [pb.Keyframe(embedding=pb.Embedding(values=[v] * 16)) for v in (0.0, 1.0)]
     request = pb.InterpolateRequest(keyframes=keys, steps=frames - 2)
