@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from vaegan.cli import main
+from vaegan.export.evaluate import summary
 from vaegan.training import fid
 
 
@@ -208,3 +209,21 @@ def test_evaluate_scales_both_priors_draws_as_generate_does(shapes_dataset, monk
     assert np.allclose(fitted_half - means, (fitted - means) * 0.5, atol=1e-5)
     with pytest.raises(VaeganError, match="temperature"):
         ev.evaluate(model, shapes_dataset, n=6, progress=False, temperature=0)
+
+
+def test_the_summary_line_names_only_what_was_scored():
+    def q(fid, n=500):
+        return {"fid": fid, "precision": 0.25, "recall": 0.5, "n": n}
+
+    both = {"n": 500, "real_n": 1432, "samples": q(160.04), "reconstructions_val": q(157.0, 143)}
+    assert summary(both) == (
+        "FID samples 160.0 (n=500 each vs 1432 real images); precision/recall samples 0.25/0.50;"
+        " validation reconstructions FID 157.0 (n=143 vs 1432 real images)"
+    )
+    val_only = {"n": 500, "real_n": 1432, "reconstructions_val": q(157.0, 143)}
+    assert summary(val_only) == "validation reconstructions FID 157.0 (n=143 vs 1432 real images)"
+    hot = {"n": 500, "real_n": 1432, "temperature": 2.0, "samples_fitted": q(110.0)}
+    assert summary(hot).startswith(
+        "FID samples (fitted prior) 110.0 (n=500 each vs 1432 real images; prior draws at"
+        " temperature 2)"
+    )

@@ -187,17 +187,22 @@ def summary(result: dict[str, Any]) -> str:
     }
     scored = [(k, result[k]) for k in names if k in result]
     at = result.get("temperature", 1.0)
-    line = (
-        "FID "
-        + ", ".join(f"{names[k]} {s['fid']:.1f}" for k, s in scored)
-        + f" (n={result['n']} each vs {result['real_n']} real images"
-        + (f"; prior draws at temperature {at:g})" if at != 1.0 else ")")
-    )
+    parts = []
     if scored:
-        line += "; precision/recall " + ", ".join(
-            f"{names[k]} {s['precision']:.2f}/{s['recall']:.2f}" for k, s in scored
+        parts.append(
+            "FID "
+            + ", ".join(f"{names[k]} {s['fid']:.1f}" for k, s in scored)
+            + f" (n={result['n']} each vs {result['real_n']} real images"
+            + (f"; prior draws at temperature {at:g})" if at != 1.0 else ")")
+        )
+        parts.append(
+            "precision/recall "
+            + ", ".join(f"{names[k]} {s['precision']:.2f}/{s['recall']:.2f}" for k, s in scored)
         )
     if "reconstructions_val" in result:
         v = result["reconstructions_val"]
-        line += f"; validation reconstructions FID {v['fid']:.1f} (n={v['n']})"
-    return line
+        parts.append(
+            f"validation reconstructions FID {v['fid']:.1f} (n={v['n']} vs {result['real_n']}"
+            " real images)"
+        )
+    return "; ".join(parts)
