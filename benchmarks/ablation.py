@@ -146,6 +146,33 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "feature_layer=2"],
         "cpu-demo (bf16) with the learned similarity on D's block 2, 8x8 (block 3, 4x4)",
     ),
+    # The decoder's loss is mostly reconstruction (the pixel term alone is ~20x the GAN's):
+    # give the GAN on prior draws a share comparable to it, or lighten the pixel term (the
+    # reconstruction mix the issue asked to revisit).
+    "prior-gan-10": (
+        [*DEMO, "prior_gan_weight=10"],
+        "cpu-demo (bf16) with the GAN loss of prior samples weighted 10 (1)",
+    ),
+    "prior-gan-30": (
+        [*DEMO, "prior_gan_weight=30"],
+        "cpu-demo (bf16) with the GAN loss of prior samples weighted 30 (1)",
+    ),
+    "prior-gan-10-6000": (
+        [*DEMO, "prior_gan_weight=10", "steps=6000"],
+        "cpu-demo (bf16) with the GAN loss of prior samples weighted 10, 6,000 steps (1, 1,500)",
+    ),
+    "pixel-0.25": ([*DEMO, "pixel_weight=0.25"], "cpu-demo (bf16) with pixel weight 0.25 (1)"),
+    # TTUR order with D faster than the decoder (Heusel et al. 2017): 2x and 4x its rate.
+    "lr-dis-2x": ([*DEMO, "lr_dis=0.001"], "cpu-demo (bf16) with D's learning rate 1e-3 (5e-4)"),
+    "lr-dis-2x-seed1": (
+        [*DEMO, "lr_dis=0.001", "seed=1"],
+        "cpu-demo (bf16) with D's learning rate 1e-3, training seed 1",
+    ),
+    "lr-dis-4x": ([*DEMO, "lr_dis=0.002"], "cpu-demo (bf16) with D's learning rate 2e-3 (5e-4)"),
+    "lr-dis-4x-seed1": (
+        [*DEMO, "lr_dis=0.002", "seed=1"],
+        "cpu-demo (bf16) with D's learning rate 2e-3, training seed 1",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }
