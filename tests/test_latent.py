@@ -245,6 +245,26 @@ def test_a_fitted_prior_finds_well_separated_clusters_and_samples_them():
     assert narrow.std() < z.std()
 
 
+def test_the_nearest_code_ratio_tells_a_prior_that_copies_its_codes_from_one_that_generalises():
+    from vaegan import prior
+
+    rng = np.random.default_rng(3)
+    train, unseen = rng.standard_normal((400, 6)), rng.standard_normal((100, 6))
+    fresh = rng.standard_normal((500, 6))  # new draws of the codes' own distribution
+    assert 0.85 < prior.nearest_code_ratio(fresh, train, unseen) < 1.15
+    copies = train[rng.integers(0, 400, 500)] + 0.01 * rng.standard_normal((500, 6))
+    assert prior.nearest_code_ratio(copies, train, unseen) < 0.05
+    holes = 4 * rng.standard_normal((500, 6))  # far outside where the codes are
+    assert prior.nearest_code_ratio(holes, train, unseen) > 2
+    # A mixture with a component for every two codes hugs them; one Gaussian does not.
+    many, one = prior.fit(train, 200), prior.fit(train, 1)
+    hug = prior.nearest_code_ratio(many.sample(500, rng), train, unseen)
+    assert hug < 0.9 < prior.nearest_code_ratio(one.sample(500, rng), train, unseen)
+    # Chunking the distances changes nothing.
+    brute = np.sqrt(((fresh[:, None] - train[None]) ** 2).sum(-1)).min(1)
+    assert np.allclose(prior._nearest(fresh, train, chunk=7), brute)
+
+
 def test_a_fitted_prior_round_trips_through_its_file_form_and_refuses_garbage():
     from vaegan import prior
     from vaegan.errors import VaeganError

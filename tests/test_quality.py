@@ -157,6 +157,8 @@ def test_evaluate_scores_an_exported_version_and_ends_with_its_figures(
     for key in ("samples", "reconstructions", "reconstructions_val"):
         assert result[key]["fid"] > 0 and 0 <= result[key]["precision"] <= 1, key
     assert result["reconstructions_val"]["n"] == 16
+    assert result["samples"]["nearest_code_ratio"] > 0
+    assert "nearest_code_ratio" not in result["reconstructions"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("FID samples ") and "(n=10 each vs 64 real images)" in last
     # One kind alone scores the same images as in the full run.
@@ -194,11 +196,15 @@ def test_evaluate_scales_both_priors_draws_as_generate_does(shapes_dataset, monk
         decoded.append(z)
         return np.zeros((len(z), 32, 32, 3), np.uint8)
 
-    model = ev.Scored(lambda px: None, decode, 4, 32, {}, mixture)
+    def encode(px):
+        return np.random.default_rng(len(px)).standard_normal((len(px), 4))
+
+    model = ev.Scored(encode, decode, 4, 32, {}, mixture)
     kinds = ("samples", "samples_fitted")
     for t in (1.0, 0.5):
         out = ev.evaluate(model, shapes_dataset, n=6, progress=False, kinds=kinds, temperature=t)
         assert out["temperature"] == t
+        assert all(np.isfinite(out[k]["nearest_code_ratio"]) for k in kinds)
     (normal, fitted), (normal_half, fitted_half) = decoded[:2], decoded[2:]
     assert np.array_equal(normal_half, normal * 0.5)  # N(0, 0.5^2 I), the same seed
     # Around the same components, at half the spread.
@@ -223,7 +229,11 @@ def test_the_summary_line_names_only_what_was_scored():
     val_only = {"n": 500, "real_n": 1432, "reconstructions_val": q(157.0, 143)}
     assert summary(val_only) == "validation reconstructions FID 157.0 (n=143 vs 1432 real images)"
     hot = {"n": 500, "real_n": 1432, "temperature": 2.0, "samples_fitted": q(110.0)}
+    hot["samples_fitted"]["nearest_code_ratio"] = 1.234
     assert summary(hot).startswith(
         "FID samples (fitted prior) 110.0 (n=500 each vs 1432 real images; prior draws at"
         " temperature 2)"
+    )
+    assert summary(hot).endswith(
+        "; nearest-training-code distance vs unseen images: samples (fitted prior) 1.23"
     )

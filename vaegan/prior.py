@@ -109,6 +109,28 @@ def fit(codes: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> GaussianM
     return GaussianMixture(weights, means, np.linalg.cholesky(covs), n)
 
 
+def nearest_code_ratio(draws: np.ndarray, train: np.ndarray, unseen: np.ndarray) -> float:
+    """How far a prior's draws land from the training images' codes, against how far unseen
+    images' codes land: the median distance from each draw to its nearest training code over
+    the same median for ``unseen`` (the validation images' codes). Below 1, the draws sit
+    closer to the training images than new images of the same kind do: the prior is
+    reproducing its training set (too many components, too low a temperature) rather than
+    generalising. Well above 1, they fall in the holes between the codes."""
+    return float(np.median(_nearest(draws, train)) / np.median(_nearest(unseen, train)))
+
+
+def _nearest(x: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Distance from each row of ``x`` to its nearest row of ``ref``, in bounded memory."""
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    r2 = (ref * ref).sum(1)
+    out = np.empty(len(x))
+    for i in range(0, len(x), chunk):
+        part = x[i : i + chunk]
+        d2 = (part * part).sum(1)[:, None] + r2[None, :] - 2 * part @ ref.T
+        out[i : i + chunk] = np.sqrt(np.maximum(d2.min(1), 0))
+    return out
+
+
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     centres = [x[rng.integers(len(x))]]
     for _ in range(1, k):

@@ -44,7 +44,10 @@ def register(sub) -> None:
         "(train + val, centre crops) with the standard FID Inception: FID (lower is better) and "
         "precision/recall (k=3). An exported version is run through its ONNX graphs, what "
         "Triton serves. FID falls as n grows: compare figures only at equal n and real set. "
-        "Prints JSON (or writes --out), then a one-line summary.",
+        "Prior draws also get a nearest-training-code ratio: how far they land from the "
+        "training images' codes against how far the validation images' codes do (below 1, the "
+        "prior reproduces its training set). Prints JSON (or writes --out), then a one-line "
+        "summary.",
     )
     ev.add_argument("--repository", metavar="REPO", help="a model repository written by export")
     ev.add_argument("--version", default="", help="model version (default: the newest)")

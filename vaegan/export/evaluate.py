@@ -11,7 +11,10 @@ training checkpoint through PyTorch (its moving-average decoder, as export would
 - ``reconstructions_val``: the same for the validation split alone (its own, smaller n).
 
 The real set is every prepared image (train + validation) as serving crops it; its
-features are cached beside the data (see ``fid.real_set``). Each figure carries its n.
+features are cached beside the data (see ``fid.real_set``). Each figure carries its n. The
+two kinds of prior draw also get ``nearest_code_ratio`` (``vaegan.prior``): how far the
+draws land from the training images' codes, against how far the validation images' codes
+do; below 1, the prior is reproducing its training set.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from tqdm import tqdm
 
 from vaegan.errors import VaeganError
 from vaegan.grid import save_grid
-from vaegan.prior import DEFAULT_COMPONENTS, MAX_TEMPERATURE, GaussianMixture
+from vaegan.prior import (
+    DEFAULT_COMPONENTS,
+    MAX_TEMPERATURE,
+    GaussianMixture,
+    nearest_code_ratio,
+)
 from vaegan.training import fid
 
 
@@ -167,15 +175,22 @@ def evaluate(
                 save_grid(images[:64], Path(grids) / f"{kind}.png")
             out[kind] = fid.score(real, inception(images, bar.update)).as_dict()
 
+        draws: dict[str, np.ndarray] = {}
         if "samples" in kinds:
+            draws["samples"] = z
             score("samples", model.decode(z))
         if fitted_prior is not None:
-            score("samples_fitted", model.decode(fitted_prior.sample(n, rng, temperature)))
+            draws["samples_fitted"] = fitted_prior.sample(n, rng, temperature)
+            score("samples_fitted", model.decode(draws["samples_fitted"]))
             out["prior_components"] = len(fitted_prior.weights)
         if "reconstructions" in kinds:
             score("reconstructions", model.decode(model.encode(picked)))
         if val is not None and "reconstructions_val" in kinds:
             score("reconstructions_val", model.decode(model.encode(val)))
+        if draws and val is not None:
+            train_codes, val_codes = model.encode(real.images[: len(ds.train)]), model.encode(val)
+            for kind, d in draws.items():
+                out[kind]["nearest_code_ratio"] = nearest_code_ratio(d, train_codes, val_codes)
     return out
 
 
@@ -198,6 +213,12 @@ def summary(result: dict[str, Any]) -> str:
         parts.append(
             "precision/recall "
             + ", ".join(f"{names[k]} {s['precision']:.2f}/{s['recall']:.2f}" for k, s in scored)
+        )
+    ratios = [(k, s["nearest_code_ratio"]) for k, s in scored if "nearest_code_ratio" in s]
+    if ratios:
+        parts.append(
+            "nearest-training-code distance vs unseen images: "
+            + ", ".join(f"{names[k]} {r:.2f}" for k, r in ratios)
         )
     if "reconstructions_val" in result:
         v = result["reconstructions_val"]

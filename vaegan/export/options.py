@@ -88,7 +88,8 @@ class ExportOptions:
     prior_components: int = _f(
         DEFAULT_COMPONENTS,
         "Gaussians in the latent prior fitted with --data, served as Generate's PRIOR_FITTED "
-        "(0 = none)",
+        "(0 = none; more keep its draws nearer the training images: vaegan evaluate's "
+        "nearest-training-code ratio says how near)",
         metavar="K",
     )
     pca_images: int = _f(
