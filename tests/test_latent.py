@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -218,6 +219,33 @@ def test_per_dimension_sweep_grid_has_one_row_per_dimension(own_repo, discs_and_
     grid = np.asarray(Image.open(out))
     tile = (grid.shape[1] - 2) // 5  # save_grid's padding: rows and columns of equal tiles
     assert round((grid.shape[0] - 2) / tile) == 4
+
+
+def test_export_says_how_near_the_fitted_priors_draws_land_and_warns_when_they_redraw_training_images(
+    tiny_checkpoint, shapes_dataset, tmp_path, monkeypatch
+):
+    from vaegan.export import export as ex
+    from vaegan.export.options import ExportOptions
+
+    monkeypatch.setattr(ex, "MIN_UNSEEN", 16)  # the shapes hold 16 validation images
+
+    def run(components: int) -> list[str]:
+        lines: list[str] = []
+        opts = ExportOptions(
+            backend="onnxruntime", data=str(shapes_dataset), prior_components=components
+        )
+        ex.export(tiny_checkpoint, tmp_path / f"repo{components}", opts, log=lines.append)
+        return lines
+
+    one, hugging = run(1), run(24)  # 24 components for 48 codes: two codes each
+    said = [re.search(r"its draws land (\d+\.\d+)x as far", "\n".join(x)) for x in (one, hugging)]
+    assert all(said)
+    assert float(said[1][1]) < 1 < float(said[0][1])
+    assert any(line.startswith("warning: the fitted prior's draws sit nearer") for line in hugging)
+    assert not any(line.startswith("warning") for line in one)
+    # Too few validation images to judge: nothing said.
+    monkeypatch.setattr(ex, "MIN_UNSEEN", 17)
+    assert not any("its draws land" in line for line in run(2))
 
 
 def test_a_fitted_prior_finds_well_separated_clusters_and_samples_them():
