@@ -75,11 +75,11 @@ def training_codes(model: VAEGAN, data: str | Path, limit: int):
 
     ds = load_dataset(data)
     idx = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:limit])
-    return _codes(model, (ds.center_crop(int(i)) for i in idx), len(idx))
+    return _codes(model, (ds.center_crop(int(i)) for i in idx))
 
 
-def _codes(model: VAEGAN, images, n: int):
-    """The encoder's mu of ``n`` uint8 HWC images, 256 at a time."""
+def _codes(model: VAEGAN, images):
+    """The encoder's mu of uint8 HWC images (any iterable), 256 at a time."""
     import itertools
 
     import numpy as np
@@ -123,7 +123,7 @@ def _latent_facts(model: VAEGAN, opts: ExportOptions, log):
     if len(val) < MIN_UNSEEN:
         return pcs, mixture
     draws = mixture.sample(1000, np.random.default_rng(0))
-    ratio = prior.nearest_code_ratio(draws, mu, _codes(model, val, len(val)))
+    ratio = prior.nearest_code_ratio(draws, mu, _codes(model, val))
     log(
         f"fitted prior: its draws land {ratio:.2f}x as far from the nearest training code as "
         f"the {len(val)} validation images' codes do"
