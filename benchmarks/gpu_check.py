@@ -178,8 +178,9 @@ def score(a: argparse.Namespace) -> None:
     lines = [
         f"FID at n = {a.n} against every image of {a.data}; the checkpoints are fp16 slim copies",
         "",
-        "| checkpoint | N(0, I) | fitted prior | recon | val recon | P/R fitted | P/R recon |",
-        "|---|---|---|---|---|---|---|",
+        "| checkpoint | N(0, I) | fitted prior | recon | val recon | P/R fitted | P/R recon"
+        " | nearest-code ratio, fitted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.pt")):
         result = out / f"{path.stem}.json"
@@ -194,6 +195,8 @@ def score(a: argparse.Namespace) -> None:
             f"{r[k]['precision']:.2f}/{r[k]['recall']:.2f}" if k in r else "-"
             for k in ("samples_fitted", "reconstructions")
         ]
+        ratio = r.get("samples_fitted", {}).get("nearest_code_ratio")
+        cells.append(f"{ratio:.2f}" if ratio is not None else "-")
         lines.append(f"| {path.stem} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

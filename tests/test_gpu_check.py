@@ -50,3 +50,5 @@ def test_a_rehearsal_ships_slim_checkpoints_from_mid_run_and_its_end_and_scores_
     assert figures["n"] == 8 and figures["samples"]["fid"] > 0
     table = (scores / "table.md").read_text()
     assert f"| {row} | {figures['samples']['fid']:.1f} |" in table
+    ratio = figures["samples_fitted"]["nearest_code_ratio"]
+    assert table.splitlines()[-1].endswith(f"| {ratio:.2f} |")
