@@ -206,6 +206,19 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "NaN or Inf",
     ),
+    "inf_in_a_later_item": (  # the batch is checked at once; the message still names the item
+        lambda s: s.Generate(
+            pb.GenerateRequest(
+                embeddings=pb.EmbeddingList(
+                    items=[pb.Embedding(values=[0.0] * 16)] * 2
+                    + [pb.Embedding(values=[0.0] * 15 + [float("inf")])]
+                    + [pb.Embedding(values=[float("nan")] * 16)]
+                )
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "embeddings.items[2].values: contains NaN or Inf",
+    ),
     "empty_generate": (
         lambda s: s.Generate(pb.GenerateRequest()),
         grpc.StatusCode.INVALID_ARGUMENT,

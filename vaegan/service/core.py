@@ -70,6 +70,10 @@ class _Lane:
 INLINE_IMAGES = 4  # PNG/JPEG responses of up to this many images are encoded on the loop
 
 
+def _not_finite(field: str) -> InvalidInput:
+    return InvalidInput(f"{field}.values: contains NaN or Inf")
+
+
 class LatentCore:
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
@@ -352,20 +356,29 @@ class LatentCore:
 
     @staticmethod
     def embeddings(values: list[np.ndarray], latent_dim: int, field: str) -> np.ndarray:
-        """Embedding values -> float32 [n, latent]; every bad value named by its field."""
+        """Embedding values -> float32 [n, latent]; every bad value named by its field. The
+        batch is checked for NaN/Inf once, not row by row: a call of many items pays it once."""
         out = np.empty((len(values), latent_dim), np.float32)
         for i, v in enumerate(values):
-            out[i] = LatentCore.embedding(v, latent_dim, f"{field}[{i}]")
+            out[i] = LatentCore._sized(v, latent_dim, f"{field}[{i}]")
+        finite = np.isfinite(out).all(1)
+        if not finite.all():
+            raise _not_finite(f"{field}[{int(np.argmin(finite))}]")
         return out
 
     @staticmethod
     def embedding(v: np.ndarray, latent_dim: int, field: str) -> np.ndarray:
+        LatentCore._sized(v, latent_dim, field)
+        if not np.isfinite(v).all():
+            raise _not_finite(field)
+        return v
+
+    @staticmethod
+    def _sized(v: np.ndarray, latent_dim: int, field: str) -> np.ndarray:
         if len(v) != latent_dim:
             raise InvalidInput(
                 f"{field}.values: length {len(v)}; this model's latent size is {latent_dim}"
             )
-        if not np.isfinite(v).all():
-            raise InvalidInput(f"{field}.values: contains NaN or Inf")
         return v
 
     async def images(self, blobs: list[bytes], meta: ModelMeta, field: str) -> np.ndarray:

@@ -29,7 +29,8 @@ def _deadline(context) -> float | None:
 
 
 def _values(e: pb.Embedding) -> np.ndarray:
-    return np.asarray(e.values, np.float32)
+    # fromiter skips the temporary sequence np.asarray builds from a repeated field.
+    return np.fromiter(e.values, np.float32, len(e.values))
 
 
 def _key(k) -> Key:
