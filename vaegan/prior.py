@@ -115,7 +115,8 @@ def nearest_code_ratio(draws: np.ndarray, train: np.ndarray, unseen: np.ndarray)
     images' codes land: the median distance from each draw to its nearest training code over
     the same median for ``unseen`` (the validation images' codes). Below 1, the draws sit
     closer to the training images than new images of the same kind do: the prior is
-    reproducing its training set (too many components) rather than generalising. Well above 1, they fall in the holes between the codes."""
+    reproducing its training set (too many components) rather than generalising. Well above
+    1, they fall in the holes between the codes."""
     return float(np.median(_nearest(draws, train)) / np.median(_nearest(unseen, train)))
 
 
