@@ -244,6 +244,11 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "expected 0 < temperature <= 10",
     ),
+    "too_many_refine_steps": (
+        lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, refine_steps=17))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sample.refine_steps: 17; expected 0..16",
+    ),
     "no_fitted_prior": (  # the tiny model was exported without --data
         lambda s: s.Generate(pb.GenerateRequest(sample=pb.Sample(count=1, prior=pb.PRIOR_FITTED))),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -649,6 +654,10 @@ def test_client_cli_verbs_write_their_files_against_a_live_gateway(repo, tmp_pat
             3 * 34 + 2,
             2 * 34 + 2,
         )  # 6 tiles of 32 px, 2 px gaps
+        refined = ["generate", *common, "--random", "6", "--seed", "2", "--refine", "2"]
+        assert main([*refined, "--out", str(tmp_path / "r.png")]) == 0
+        drawn, moved = (np.asarray(Image.open(tmp_path / f)) for f in ("g.png", "r.png"))
+        assert drawn.shape == moved.shape and not np.array_equal(drawn, moved)
         assert (
             main(
                 [

@@ -138,10 +138,11 @@ class LatentClient:
         seed: int = 0,
         temperature: float | None = None,
         prior: str = "standard",
+        refine_steps: int = 0,
         model_version: str = "",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode ``embeddings``, or ``count`` draws from the ``prior`` ("standard" N(0, I) or
-        "fitted", the version's fitted mixture)."""
+        "fitted", the version's fitted mixture), each re-encoded ``refine_steps`` times."""
         if embeddings is not None:
             req = pb.GenerateRequest(
                 embeddings=pb.EmbeddingList(items=[_embedding(e) for e in embeddings])
@@ -149,7 +150,13 @@ class LatentClient:
         else:
             which = {"standard": pb.PRIOR_STANDARD, "fitted": pb.PRIOR_FITTED}[prior]
             req = pb.GenerateRequest(
-                sample=pb.Sample(count=count, seed=seed, temperature=temperature, prior=which)
+                sample=pb.Sample(
+                    count=count,
+                    seed=seed,
+                    temperature=temperature,
+                    prior=which,
+                    refine_steps=refine_steps,
+                )
             )
         req.output.CopyFrom(self.RAW)
         req.model_version = model_version

@@ -28,6 +28,10 @@ DEFAULT_COMPONENTS = 80
 #: ``vaegan evaluate --temperature``): beyond it draws mean nothing, and far beyond it they
 #: overflow float32 into Inf embeddings.
 MAX_TEMPERATURE = 10.0
+#: The most re-encoding steps a draw may take (Generate's ``sample.refine_steps``, ``vaegan
+#: evaluate --refine``): the chain has settled well before it, and each step costs a whole
+#: encoder and decoder pass.
+MAX_REFINE_STEPS = 16
 #: Covariance ridge, relative to the codes' mean variance: keeps components of few codes
 #: invertible and their draws from collapsing onto a line.
 RIDGE = 1e-2

@@ -46,6 +46,14 @@ def register(sub) -> None:
         "export (fitted: recognisable images from small models; needs export --data)",
     )
     g.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="re-encode each drawn image and decode its code again, STEPS times (0..16, "
+        "default 0): moves the draws toward the codes of real images",
+    )
+    g.add_argument(
         "--embeddings", default=None, metavar="Z.npy", help="decode these vectors instead"
     )
     g.add_argument("--out", required=True, help="PNG grid to write")
@@ -156,7 +164,11 @@ def generate(a: argparse.Namespace) -> int:
             images, _ = c.generate(np.load(a.embeddings).reshape(-1, c.info().latent_dim))
         else:
             images, _ = c.generate(
-                count=a.random, seed=a.seed, temperature=a.temperature, prior=a.prior
+                count=a.random,
+                seed=a.seed,
+                temperature=a.temperature,
+                prior=a.prior,
+                refine_steps=a.refine,
             )
     save_grid(images, a.out)
     print(f"wrote {len(images)} images to {a.out}")

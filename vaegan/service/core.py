@@ -20,7 +20,7 @@ from vaegan import latent
 from vaegan import repository as store
 from vaegan.errors import DeadlineExceeded, FailedPrecondition, InvalidInput
 from vaegan.latent import Direction
-from vaegan.prior import MAX_TEMPERATURE, GaussianMixture
+from vaegan.prior import MAX_REFINE_STEPS, MAX_TEMPERATURE, GaussianMixture
 from vaegan.repository import ModelMeta
 from vaegan.service import codecs
 from vaegan.service.backends import Backend
@@ -202,9 +202,15 @@ class LatentCore:
         seed: int = 0,
         temperature: float = 1.0,
         fitted: bool = False,
+        refine_steps: int = 0,
     ) -> Decoded:
         """Decode the given embeddings, or ``count`` draws from the prior (N(0, I), or the
-        version's fitted mixture), scaled by ``temperature``."""
+        version's fitted mixture), scaled by ``temperature`` and refined ``refine_steps``
+        times."""
+        if not 0 <= refine_steps <= MAX_REFINE_STEPS:
+            raise InvalidInput(
+                f"sample.refine_steps: {refine_steps}; expected 0..{MAX_REFINE_STEPS}"
+            )
         meta = await self.meta("decoder", version)
         if embeddings is not None:
             self.limits.items(len(embeddings), "embeddings.items")
@@ -226,7 +232,26 @@ class LatentCore:
                 z = mixture.sample(count, rng, temperature)
             else:
                 z = (rng.standard_normal((count, meta.latent_dim)) * temperature).astype(np.float32)
+            if refine_steps:
+                z = await self.refine(meta, z, refine_steps, deadline)
         return await self.decode(meta, z, deadline)
+
+    async def refine(
+        self, dmeta: ModelMeta, z: np.ndarray, steps: int, deadline: float | None
+    ) -> np.ndarray:
+        """Draws moved toward the codes of real images: z <- mu(encode(decode(z))), ``steps``
+        times, through the encoder of the decoder's own version (the pair trained together).
+        The decoder paints well only near such codes; a draw from a prior lands anywhere."""
+        emeta = await self.meta("encoder", dmeta.version)
+        if emeta.latent_dim != dmeta.latent_dim:
+            raise FailedPrecondition(
+                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in "
+                "latent size; refine_steps needs the pair exported together"
+            )
+        for _ in range(steps):
+            pixels = (await self.decode(dmeta, z, deadline)).pixels
+            z = (await self.run("encoder", emeta, pixels, deadline))["mu"]
+        return z
 
     async def encode(
         self,

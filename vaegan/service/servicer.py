@@ -129,6 +129,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
                 seed=s.seed,
                 temperature=s.temperature if s.HasField("temperature") else 1.0,
                 fitted=s.prior == pb.PRIOR_FITTED,
+                refine_steps=s.refine_steps,
             )
         else:
             raise InvalidInput("source: set either embeddings or sample")

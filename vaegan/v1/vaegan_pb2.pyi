@@ -63,16 +63,18 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("count", "seed", "temperature", "prior")
+    __slots__ = ("count", "seed", "temperature", "prior", "refine_steps")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     PRIOR_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     count: int
     seed: int
     temperature: float
     prior: Prior
-    def __init__(self, count: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., prior: _Optional[_Union[Prior, str]] = ...) -> None: ...
+    refine_steps: int
+    def __init__(self, count: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., prior: _Optional[_Union[Prior, str]] = ..., refine_steps: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("embeddings", "sample", "output", "model_version")
