@@ -217,6 +217,47 @@ def test_evaluate_scales_both_priors_draws_as_generate_does(shapes_dataset, monk
         ev.evaluate(model, shapes_dataset, n=6, progress=False, temperature=0)
 
 
+def test_evaluate_refines_both_priors_draws_as_generate_does(shapes_dataset, monkeypatch):
+    # Inception faked, and a model whose encoder gives the last decoded code plus one: two
+    # steps must decode each kind's draws, then those plus one, then the scored plus two.
+    from types import SimpleNamespace
+
+    from vaegan import prior
+    from vaegan.errors import VaeganError
+    from vaegan.export import evaluate as ev
+
+    monkeypatch.setattr(fid, "InceptionFeatures", lambda: lambda images, done: np.zeros((1, 2)))
+    real = SimpleNamespace(images=np.zeros((8, 32, 32, 3), np.uint8), features=[0], description="")
+    monkeypatch.setattr(fid, "real_set", lambda data, inception, progress: real)
+    monkeypatch.setattr(fid, "score", lambda real, f: SimpleNamespace(as_dict=lambda: {}))
+    decoded: list[np.ndarray] = []
+
+    def decode(z):
+        decoded.append(z)
+        return np.zeros((len(z), 32, 32, 3), np.uint8)
+
+    def encode(px):
+        if len(px) == len(decoded[-1]):
+            return decoded[-1] + 1
+        return np.random.default_rng(len(px)).standard_normal((len(px), 4))  # real images
+
+    mixture = prior.fit(np.random.default_rng(0).standard_normal((40, 4)), 3)
+    model = ev.Scored(encode, decode, 4, 32, {}, mixture)
+    out = ev.evaluate(
+        model,
+        shapes_dataset,
+        n=6,
+        progress=False,
+        kinds=("samples", "samples_fitted"),
+        refine_steps=2,
+    )
+    assert out["refine_steps"] == 2 and len(decoded) == 6
+    for first, second, scored in (decoded[:3], decoded[3:]):
+        assert np.allclose(second, first + 1) and np.allclose(scored, first + 2)
+    with pytest.raises(VaeganError, match=r"--refine 17: expected 0\.\.16"):
+        ev.evaluate(model, shapes_dataset, n=6, progress=False, refine_steps=17)
+
+
 def test_the_summary_line_names_only_what_was_scored():
     def q(fid, n=500):
         return {"fid": fid, "precision": 0.25, "recall": 0.5, "n": n}
@@ -237,3 +278,5 @@ def test_the_summary_line_names_only_what_was_scored():
     assert summary(hot).endswith(
         "; nearest-training-code distance vs unseen images: samples (fitted prior) 1.23"
     )
+    refined = {**hot, "refine_steps": 4}
+    assert "; prior draws at temperature 2, refined 4 steps)" in summary(refined)

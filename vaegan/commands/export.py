@@ -66,6 +66,14 @@ def register(sub) -> None:
         help="scale both priors' draws as Generate's sample.temperature does (default 1)",
     )
     ev.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="re-encode both priors' draws STEPS times as Generate's sample.refine_steps does "
+        "(default 0)",
+    )
+    ev.add_argument(
         "--prior-components",
         type=int,
         default=DEFAULT_COMPONENTS,
@@ -133,6 +141,7 @@ def evaluate(a: argparse.Namespace) -> int:
         kinds=kinds,
         grids=a.grids,
         temperature=a.temperature,
+        refine_steps=a.refine,
     )
     text = json.dumps(result, indent=2)
     if a.out:

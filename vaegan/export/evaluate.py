@@ -31,6 +31,7 @@ from vaegan.errors import VaeganError
 from vaegan.grid import save_grid
 from vaegan.prior import (
     DEFAULT_COMPONENTS,
+    MAX_REFINE_STEPS,
     MAX_TEMPERATURE,
     GaussianMixture,
     nearest_code_ratio,
@@ -117,12 +118,14 @@ def evaluate(
     kinds: tuple[str, ...] = KINDS,
     grids: str | Path | None = None,
     temperature: float = 1.0,
+    refine_steps: int = 0,
 ) -> dict[str, Any]:
     """FID and precision/recall of each of ``kinds`` (``samples_fitted`` needs a prior).
     Draws are made in a fixed order whatever ``kinds`` holds, so a kind scores the same
     images alone or with the others. With ``grids``, the first 64 scored images of each kind
     are written there as ``<kind>.png``, to look at beside the figures. ``temperature``
-    scales both priors' draws exactly as ``Generate``'s ``sample.temperature`` does."""
+    scales both priors' draws exactly as ``Generate``'s ``sample.temperature`` does, and
+    ``refine_steps`` re-encodes them as its ``sample.refine_steps`` does."""
     from vaegan.training.data import load_dataset
 
     unknown = set(kinds) - set(KINDS)
@@ -139,6 +142,8 @@ def evaluate(
         raise VaeganError(
             f"--temperature {temperature:g}: expected 0 < temperature <= {MAX_TEMPERATURE:g}"
         )
+    if not 0 <= refine_steps <= MAX_REFINE_STEPS:
+        raise VaeganError(f"--refine {refine_steps}: expected 0..{MAX_REFINE_STEPS}")
     inception = fid.InceptionFeatures()
     real = fid.real_set(data, inception, progress)
     val = np.array(ds.val_images()) if len(ds.val) > 4 else None  # a copy: the split is small
@@ -167,6 +172,7 @@ def evaluate(
             "n": n,
             "seed": seed,
             "temperature": temperature,
+            "refine_steps": refine_steps,
             "inception_sha1": fid.INCEPTION_SHA1,
         }
 
@@ -175,12 +181,17 @@ def evaluate(
                 save_grid(images[:64], Path(grids) / f"{kind}.png")
             out[kind] = fid.score(real, inception(images, bar.update)).as_dict()
 
+        def refined(z: np.ndarray) -> np.ndarray:
+            for _ in range(refine_steps):  # as the gateway's LatentCore.refine
+                z = model.encode(model.decode(z)).astype(np.float32)
+            return z
+
         draws: dict[str, np.ndarray] = {}
         if "samples" in kinds:
-            draws["samples"] = z
-            score("samples", model.decode(z))
+            draws["samples"] = refined(z)
+            score("samples", model.decode(draws["samples"]))
         if fitted_prior is not None:
-            draws["samples_fitted"] = fitted_prior.sample(n, rng, temperature)
+            draws["samples_fitted"] = refined(fitted_prior.sample(n, rng, temperature))
             score("samples_fitted", model.decode(draws["samples_fitted"]))
             out["prior_components"] = len(fitted_prior.weights)
         if "reconstructions" in kinds:
@@ -201,14 +212,16 @@ def summary(result: dict[str, Any]) -> str:
         "reconstructions": "reconstructions",
     }
     scored = [(k, result[k]) for k in names if k in result]
-    at = result.get("temperature", 1.0)
+    at, refine = result.get("temperature", 1.0), result.get("refine_steps", 0)
+    how = [f"at temperature {at:g}"] if at != 1.0 else []
+    how += [f"refined {refine} steps"] if refine else []
     parts = []
     if scored:
         parts.append(
             "FID "
             + ", ".join(f"{names[k]} {s['fid']:.1f}" for k, s in scored)
             + f" (n={result['n']} each vs {result['real_n']} real images"
-            + (f"; prior draws at temperature {at:g})" if at != 1.0 else ")")
+            + (f"; prior draws {', '.join(how)})" if how else ")")
         )
         parts.append(
             "precision/recall "
