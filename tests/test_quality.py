@@ -280,3 +280,6 @@ def test_the_summary_line_names_only_what_was_scored():
     )
     refined = {**hot, "refine_steps": 4}
     assert "; prior draws at temperature 2, refined 4 steps)" in summary(refined)
+    assert "; prior draws refined 1 step)" in summary(
+        {**hot, "temperature": 1.0, "refine_steps": 1}
+    )

@@ -214,7 +214,7 @@ def summary(result: dict[str, Any]) -> str:
     scored = [(k, result[k]) for k in names if k in result]
     at, refine = result.get("temperature", 1.0), result.get("refine_steps", 0)
     how = [f"at temperature {at:g}"] if at != 1.0 else []
-    how += [f"refined {refine} steps"] if refine else []
+    how += [f"refined {refine} step{'s' if refine > 1 else ''}"] if refine else []
     parts = []
     if scored:
         parts.append(
