@@ -8,7 +8,7 @@ FID against training time), then scored back here.
     PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check run \
         --data .gpu/data64 --out "$OUT" --minutes 2.5
     # here, on what came back:
-    python -m benchmarks.gpu_check score --checkpoints DIR --data outputs/data64 [--n 1000]
+    python -m benchmarks.gpu_check score --checkpoints DIR --data outputs/data64 [--n 1000] [--refine 8]
                                                        # -> outputs/gpu_check/table.md
 
 ``run`` measures training throughput (``benchmarks.train_throughput``: bf16 and fp32, with
@@ -175,8 +175,11 @@ def score(a: argparse.Namespace) -> None:
     folder = Path(a.checkpoints)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    plural = "s" if a.refine > 1 else ""
+    refined = f"; prior draws refined {a.refine} step{plural}" if a.refine else ""
     lines = [
-        f"FID at n = {a.n} against every image of {a.data}; the checkpoints are fp16 slim copies",
+        f"FID at n = {a.n} against every image of {a.data}; the checkpoints are fp16 slim copies"
+        + refined,
         "",
         "| checkpoint | N(0, I) | fitted prior | recon | val recon | P/R fitted | P/R recon"
         " | nearest-code ratio, fitted |",
@@ -184,10 +187,10 @@ def score(a: argparse.Namespace) -> None:
     ]
     for path in sorted(folder.glob("*.pt")):
         result = out / f"{path.stem}.json"
-        if not result.exists():
+        if not result.exists() or json.loads(result.read_text())["refine_steps"] != a.refine:
             cmd = _python("vaegan.cli", "evaluate", "--checkpoint", str(path), "--data", a.data)
             cmd += ["--n", str(a.n), "--out", str(result), "--grids", str(out / path.stem)]
-            subprocess.run([*cmd, "--quiet"], check=True)
+            subprocess.run([*cmd, "--refine", str(a.refine), "--quiet"], check=True)
         r = json.loads(result.read_text())
         kinds = ("samples", "samples_fitted", "reconstructions", "reconstructions_val")
         cells = [f"{r[k]['fid']:.1f}" if k in r else "-" for k in kinds]
@@ -225,6 +228,12 @@ def main() -> None:
     s.add_argument("--checkpoints", required=True, help="the folder the lease's files are in")
     s.add_argument("--data", required=True, help="the same dataset, with the FID Inception here")
     s.add_argument("--n", type=int, default=1000)
+    s.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="refine both priors' draws this many steps (vaegan evaluate --refine)",
+    )
     s.add_argument("--out", default="outputs/gpu_check", help="scores, table.md and grids")
     a = p.parse_args()
     {"run": run, "pack": pack, "score": score}[a.command](a)

@@ -52,3 +52,7 @@ def test_a_rehearsal_ships_slim_checkpoints_from_mid_run_and_its_end_and_scores_
     assert f"| {row} | {figures['samples']['fid']:.1f} |" in table
     ratio = figures["samples_fitted"]["nearest_code_ratio"]
     assert table.splitlines()[-1].endswith(f"| {ratio:.2f} |")
+    # Scored again with refined draws: the cached figures were unrefined, so they are redone.
+    subprocess.run([*score, "--refine", "1"], check=True, capture_output=True)
+    assert json.loads((scores / f"{row}.json").read_text())["refine_steps"] == 1
+    assert "prior draws refined 1 step" in (scores / "table.md").read_text()
