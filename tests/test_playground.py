@@ -117,6 +117,23 @@ def test_playground_api_edit_and_walk(playground, latent_repo):
     assert status == 200 and [f["index"] for f in frames] == [0, 1, 2, 3, 4]
 
 
+def test_playground_api_draws_from_the_fitted_prior_and_repeats_with_the_seed(playground):
+    info = _get(playground + "/api/info")
+    assert info["fitted_prior"]  # latent_repo stores one
+
+    def draw(**body):
+        return _post(playground + "/api/sample", json.dumps(body).encode(), "application/json")
+
+    status, body = draw(seed=5, prior="fitted", refine_steps=2)
+    first = json.loads(body)
+    assert status == 200 and len(first["embedding"]) == 16
+    assert first["image"].startswith("data:image/png;base64,") and first["version"] == "1"
+    assert json.loads(draw(seed=5, prior="fitted", refine_steps=2)[1]) == first
+    assert json.loads(draw(seed=5, prior="fitted")[1])["embedding"] != first["embedding"]
+    status, body = draw(seed=5, refine_steps=17)  # the gateway's bound, in its own words
+    assert status == 400 and "sample.refine_steps: 17; expected 0..16" in json.loads(body)["error"]
+
+
 def test_playground_api_needs_its_access_token(playground):
     for token in (None, "Bearer wrong"):
         req = urllib.request.Request(
@@ -177,6 +194,10 @@ def test_playground_takes_only_json_or_image_bodies(playground):
         ("/api/interpolate", b'{"a": [0], "b": [true], "steps": 3}', "b: expected"),
         ("/api/edit", b'{"embedding": [1' + b"0" * 400 + b'], "weights": {}}', "embedding"),
         ("/api/edit", b'{"embedding": [0], "weights": {"round": 1e400}}', "weights"),
+        ("/api/sample", b'{"seed": -1}', "seed: expected a whole number"),
+        ("/api/sample", b'{"seed": 1.5}', "seed: expected a whole number"),
+        ("/api/sample", b'{"prior": "uniform"}', 'prior: expected "fitted" or "standard"'),
+        ("/api/sample", b'{"refine_steps": true}', "refine_steps: expected a whole number"),
     ],
 )
 def test_playground_answers_a_malformed_body_with_400_and_what_it_expected(
@@ -226,6 +247,8 @@ def test_playground_page_in_a_real_browser(playground, latent_repo, tmp_path):
     assert seen["error_after_good_upload"] == ""
     assert json.loads(seen["edited_weights"]) == {seen["sliders"][0]: 2}  # the edit came back
     assert seen["walk_caption"] == "frame 16 of 16"
+    assert seen["draw_caption"].startswith("drawn from the fitted prior, seed ")
+    assert seen["drawn_shown"] and seen["drawn_width"] == 32 and seen["edit_from_the_draw"]
     assert all(w == 32 for w in seen["images_loaded"])  # every picture on the page decoded
     assert seen["console_errors"] == []
     assert not seen["token_left_in_url"]  # taken from the fragment, then dropped from the URL

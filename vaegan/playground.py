@@ -6,6 +6,7 @@ what other services see: the same model version, limits and error messages.
 
     GET  /api/info         model version, image size, the version's directions
     POST /api/encode       image bytes (image/png, image/jpeg) -> embedding + reconstruction
+    POST /api/sample       JSON {seed, prior, refine_steps} -> a draw from the prior: image + embedding
     POST /api/edit         JSON {embedding, weights} -> edited image + embedding
     POST /api/interpolate  JSON {a, b, steps} -> NDJSON, one frame per line as it is decoded
 
@@ -161,6 +162,16 @@ async def _json(request: web.Request) -> dict:
     return body
 
 
+def _whole(body: dict, key: str, default: int, below: int) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < below:
+        raise BadRequest(f"{key}: expected a whole number from 0 to {below - 1}")
+    return value
+
+
+PRIORS = {"fitted": pb.PRIOR_FITTED, "standard": pb.PRIOR_STANDARD}
+
+
 def _vector(body: dict, key: str) -> pb.Embedding:
     values = body.get(key)
     if not isinstance(values, list) or not all(finite_number(v) for v in values):
@@ -197,6 +208,7 @@ class Playground:
                 "latent_dim": info.latent_dim,
                 "image_size": info.image_size,
                 "max_image_bytes": info.limits.max_image_bytes,
+                "fitted_prior": info.fitted_prior,
                 "attributes": [
                     {
                         "name": a.name,
@@ -226,6 +238,27 @@ class Playground:
             }
         )
 
+    async def sample(self, request: web.Request) -> web.Response:
+        """One draw from the version's fitted prior or N(0, I), refined as asked."""
+        body = await _json(request)
+        prior = body.get("prior", "fitted")
+        if prior not in PRIORS:
+            raise BadRequest('prior: expected "fitted" or "standard"')
+        sample = pb.Sample(
+            count=1,
+            seed=_whole(body, "seed", 0, 2**63),
+            prior=PRIORS[prior],
+            refine_steps=_whole(body, "refine_steps", 0, 2**31),  # the gateway bounds it
+        )
+        r = await self._call(self.stub.Generate, pb.GenerateRequest(sample=sample))
+        return web.json_response(
+            {
+                "image": _data_url(r.images[0]),
+                "embedding": list(r.embeddings[0].values),
+                "version": r.decoder_version,
+            }
+        )
+
     async def edit(self, request: web.Request) -> web.Response:
         body = await _json(request)
         given = body.get("weights", {})
@@ -246,11 +279,9 @@ class Playground:
 
     async def interpolate(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
-        steps = body.get("steps", 16)
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 2**31:
-            raise BadRequest("steps: expected a whole number of frames between a and b")
         req = pb.InterpolateRequest(
-            keyframes=[pb.Keyframe(embedding=_vector(body, k)) for k in ("a", "b")], steps=steps
+            keyframes=[pb.Keyframe(embedding=_vector(body, k)) for k in ("a", "b")],
+            steps=_whole(body, "steps", 16, 2**31),  # frames between a and b
         )
         call = self._call(self.stub.InterpolateStream, req)
         first = await call.read()  # errors (bad steps...) surface before the stream starts
@@ -297,6 +328,7 @@ def make_app(
     app.router.add_get("/", pg.page)
     app.router.add_get("/api/info", pg.info)
     app.router.add_post("/api/encode", pg.encode)
+    app.router.add_post("/api/sample", pg.sample)
     app.router.add_post("/api/edit", pg.edit)
     app.router.add_post("/api/interpolate", pg.interpolate)
     app.on_startup.append(pg.open)

@@ -45,6 +45,19 @@ try {
   out.images_loaded = await page.$$eval("img.big", (xs) => xs.map((x) => x.complete && x.naturalWidth));
   out.console_errors = consoleErrors;
   out.token_left_in_url = page.url().includes("token=");
+
+  // A random draw replaces A, and the sliders' edit starts from the drawn embedding.
+  const sampled = page.waitForResponse((r) => r.url().endsWith("/api/sample"));
+  const edited = page.waitForResponse((r) => r.url().endsWith("/api/edit"));
+  await page.click("#drawA");
+  const drawn = await (await sampled).json();
+  const editRequest = (await edited).request().postDataJSON();
+  await page.waitForFunction(() => document.getElementById("captionA").textContent.startsWith("drawn from"));
+  out.draw_caption = await page.textContent("#captionA");
+  out.drawn_shown = (await page.getAttribute("#reconA", "src")) === drawn.image;
+  out.drawn_width = await page.$eval("#reconA", (x) => x.complete && x.naturalWidth);
+  out.edit_from_the_draw = JSON.stringify(editRequest.embedding) === JSON.stringify(drawn.embedding);
+  out.console_errors = consoleErrors;
   await page.screenshot({ path: shot, fullPage: true });
 
   // A direction named like markup (as a hostile directions.json would have it) is shown as
