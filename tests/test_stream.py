@@ -60,6 +60,7 @@ def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(gateway):
         _generate([[0.1] * (LATENT + 1)]),  # wrong length
         _generate([[float("nan")] * LATENT]),
         pb.GenerateRequest(sample=pb.Sample(count=1, temperature=3e38)),
+        pb.GenerateRequest(sample=pb.Sample(count=1, refine_steps=17)),
         pb.GenerateRequest(),  # no source
         _generate([[0.1] * LATENT], model_version="01"),
     ]
