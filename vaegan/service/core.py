@@ -242,12 +242,7 @@ class LatentCore:
         """Draws moved toward the codes of real images: z <- mu(encode(decode(z))), ``steps``
         times, through the encoder of the decoder's own version (the pair trained together).
         The decoder paints well only near such codes; a draw from a prior lands anywhere."""
-        emeta = await self.meta("encoder", dmeta.version)
-        if emeta.latent_dim != dmeta.latent_dim:
-            raise FailedPrecondition(
-                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in "
-                "latent size; refine_steps needs the pair exported together"
-            )
+        emeta = await self.encoder_for(dmeta, dmeta.version)
         for _ in range(steps):
             pixels = (await self.decode(dmeta, z, deadline)).pixels
             z = (await self.run("encoder", emeta, pixels, deadline))["mu"]
@@ -441,6 +436,16 @@ class LatentCore:
 
         return np.stack(await asyncio.gather(*(decode(i, d) for i, d in enumerate(blobs))))
 
+    async def encoder_for(self, dmeta: ModelMeta, version: str) -> ModelMeta:
+        """The encoder at ``version`` whose codes feed ``dmeta``'s decoder: refused unless
+        the two agree on the latent size."""
+        emeta = await self.meta("encoder", version)
+        if emeta.latent_dim != dmeta.latent_dim:
+            raise InvalidInput(
+                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
+            )
+        return emeta
+
     async def vectors(
         self, keys: list[Key], dmeta: ModelMeta, version: str, deadline, field: str
     ) -> tuple[np.ndarray, str]:
@@ -457,11 +462,7 @@ class LatentCore:
                 raise InvalidInput(f"{field}[{i}]: set either embedding or image")
         if not image_at:
             return vectors, ""
-        emeta = await self.meta("encoder", version)
-        if emeta.latent_dim != dmeta.latent_dim:
-            raise InvalidInput(
-                f"encoder {emeta.name} v{emeta.version} and decoder v{dmeta.version} differ in latent size"
-            )
+        emeta = await self.encoder_for(dmeta, version)
         x = await self.images([keys[i] for i in image_at], emeta, f"{field}.image")
         vectors[image_at] = (await self.run("encoder", emeta, x, deadline))["mu"]
         return vectors, emeta.version
