@@ -196,10 +196,13 @@ def evaluate(
             out["prior_components"] = len(fitted_prior.weights)
         if "reconstructions" in kinds:
             score("reconstructions", model.decode(model.encode(picked)))
-        if val is not None and "reconstructions_val" in kinds:
-            score("reconstructions_val", model.decode(model.encode(val)))
-        if draws and val is not None:
-            train_codes, val_codes = model.encode(real.images[: len(ds.train)]), model.encode(val)
+        # The validation codes serve both their reconstructions and the draws' ratio.
+        wanted = draws or "reconstructions_val" in kinds
+        val_codes = model.encode(val) if val is not None and wanted else None
+        if val_codes is not None and "reconstructions_val" in kinds:
+            score("reconstructions_val", model.decode(val_codes))
+        if draws and val_codes is not None:
+            train_codes = model.encode(real.images[: len(ds.train)])
             for kind, d in draws.items():
                 out[kind]["nearest_code_ratio"] = nearest_code_ratio(d, train_codes, val_codes)
     return out
