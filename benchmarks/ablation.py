@@ -173,6 +173,17 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*DEMO, "lr_dis=0.002", "seed=1"],
         "cpu-demo (bf16) with D's learning rate 2e-3, training seed 1",
     ),
+    # The R1 penalty on D at the real images (Mescheder et al. 2018), lazily every 16 steps: the
+    # stabiliser left to try after the others; the spectral norm already bounds D's slope.
+    "r1-1": (
+        [*DEMO, "r1_gamma=1"],
+        "cpu-demo (bf16) with the R1 penalty, gamma 1, every 16 steps (none)",
+    ),
+    "r1-10": ([*DEMO, "r1_gamma=10"], "cpu-demo (bf16) with the R1 penalty, gamma 10"),
+    "r1-10-seed1": (
+        [*DEMO, "r1_gamma=10", "seed=1"],
+        "cpu-demo (bf16) with the R1 penalty, gamma 10, training seed 1",
+    ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
 }

@@ -21,13 +21,15 @@ from vaegan.training.train import config_from_checkpoint, train
 # in fp32: the comparisons below pin the distributed arithmetic, and bf16 rounds a rank's
 # half-batch differently from the whole batch by more than their tolerance. Half the prior
 # draws mix two codes of the global batch, which every rank must gather alike, each rank
-# must flip (mirror) exactly the images one rank would, and the MMD of the global batch's codes
+# must flip (mirror) exactly the images one rank would, the MMD of the global batch's codes
 # (weighted so it counts in the encoder's gradient) must give each rank's codes the gradient one
-# rank would.
+# rank would, and so must the R1 penalty (a gradient of a gradient, through DDP) to D's weights.
 SETS = [
     "amp=false",
     "prior_mixup=0.5",
     "mmd_weight=1000",
+    "r1_gamma=100",
+    "r1_every=2",
     "mirror=true",
     "width=8",
     "latent_dim=16",

@@ -226,6 +226,68 @@ def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
     assert all(torch.equal(a, b) for a, b in zip(at_d_step, after, strict=True))
 
 
+def test_r1_is_the_squared_gradient_of_d_at_the_real_images():
+    from vaegan.training.losses import r1_penalty
+
+    # A linear D, logit = <w, x>: its gradient at every image is w, so R1 = |w|^2, and the
+    # penalty's own gradient with respect to w is 2w.
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    r1 = r1_penalty((x * w).sum((1, 2, 3)), x)
+    assert torch.allclose(r1, w.pow(2).sum())
+    (dw,) = torch.autograd.grad(r1, w)
+    assert torch.allclose(dw, 2 * w)
+
+
+def _d_gradients(step: int, **cfg_kw) -> list[torch.Tensor]:
+    """D's gradients as its optimiser steps, for one step from the same weights and draws."""
+    cfg, model, nets, opts, x = _step_setup(diffaugment="", **cfg_kw)
+    seen: list[torch.Tensor] = []
+    d_step = opts.discriminator.step
+
+    def recording_step(*a, **kw):
+        seen.extend(p.grad.clone() for p in model.discriminator.parameters())
+        return d_step(*a, **kw)
+
+    opts.discriminator.step = recording_step
+    losses = train_step(nets, opts, x, cfg, step=step)
+    assert seen, "the discriminator never stepped"
+    return seen, losses
+
+
+def test_lazy_r1_adds_gamma_half_times_every_of_its_gradient_to_d_on_its_steps_only():
+    gamma, every = 2.0, 4
+    plain, plain_losses = _d_gradients(8)
+    on, on_losses = _d_gradients(8, r1_gamma=gamma, r1_every=every)  # 8 % 4 == 0: an R1 step
+    off, off_losses = _d_gradients(9, r1_gamma=gamma, r1_every=every)  # 9: not one
+    assert float(on_losses.r1) > 0 and float(off_losses.r1) == 0.0
+    # Logged apart from the GAN loss, which stays as it was.
+    assert float(on_losses.gan_d.detach()) == float(plain_losses.gan_d.detach())
+    # The same step without R1 gives D the GAN gradient alone.
+    assert all(torch.equal(a, b) for a, b in zip(off, _d_gradients(9)[0], strict=True))
+    # On an R1 step the difference is exactly the penalty's gradient at the same weights.
+    from vaegan.training.losses import r1_penalty
+
+    _, model, _, _, x = _step_setup(diffaugment="")
+    real = x.detach().requires_grad_(True)
+    logit, _ = model.discriminator(real)
+    penalty = 0.5 * gamma * every * r1_penalty(logit, real)
+    params = list(model.discriminator.parameters())
+    # The logit's bias does not move the input gradient, so the penalty leaves it alone.
+    expected = torch.autograd.grad(penalty, params, allow_unused=True)
+    for a, b, e, p in zip(on, plain, expected, params, strict=True):
+        assert torch.allclose(a - b, torch.zeros_like(p) if e is None else e, atol=1e-5, rtol=1e-4)
+
+
+def test_r1_settings_are_checked():
+    with pytest.raises(VaeganError, match="r1_gamma must be >= 0"):
+        TrainConfig(r1_gamma=-1.0)
+    with pytest.raises(VaeganError, match="r1_every >= 1"):
+        TrainConfig(r1_gamma=1.0, r1_every=0)
+    with pytest.raises(VaeganError, match="compile=false"):
+        TrainConfig(r1_gamma=1.0, compile=True)
+
+
 def test_balancing_pauses_the_discriminator_when_it_wins():
     from vaegan.training.step import balance
 

@@ -107,6 +107,16 @@ class TrainConfig:
         "the decoder's GAN term when above ln2+margin (0 = off)",
     )
     gan_loss: str = _f("bce", "GAN objective: bce (non-saturating) or hinge")
+    r1_gamma: float = _f(
+        0.0,
+        "R1 penalty on D: gamma/2 times the squared gradient of D's logit at the real images, "
+        "through DiffAugment (Mescheder et al. 2018; 0 = off)",
+    )
+    r1_every: int = _f(
+        16,
+        "steps between R1 penalties, each weighted by this many steps (lazy regularisation, "
+        "StyleGAN2)",
+    )
     prior_gan_weight: float = _f(
         1.0, "weight of the GAN loss on prior samples within it (reconstructions weigh 1)"
     )
@@ -170,6 +180,15 @@ class TrainConfig:
             raise VaeganError(f"mmd_weight must be >= 0, got {self.mmd_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise VaeganError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.r1_gamma < 0 or self.r1_every < 1:
+            raise VaeganError(
+                f"r1_gamma must be >= 0 and r1_every >= 1, got {self.r1_gamma} and {self.r1_every}"
+            )
+        if self.r1_gamma and self.compile:
+            raise VaeganError(
+                "r1_gamma needs compile=false: torch.compile cannot differentiate the gradient "
+                "the penalty is made of"
+            )
 
     compile: bool = _f(False, "torch.compile the networks (CUDA)")
 

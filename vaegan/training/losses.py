@@ -82,6 +82,14 @@ def hinge_g(fake_logits: list[torch.Tensor], weights: list[float] | None = None)
     return sum(-w * t.mean() for w, t in zip(weights, fake_logits, strict=True))
 
 
+def r1_penalty(real_logit: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 = E[|grad_x D(x)|^2] at the real images, summed over pixels (Mescheder et al. 2018,
+    "Which training methods for GANs do actually converge?", eq. 9; the loss adds gamma/2 of
+    it). The graph is kept, so the penalty's own gradient reaches D's weights."""
+    (grad,) = torch.autograd.grad(real_logit.float().sum(), real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 class Losses(NamedTuple):
     """All terms of one step, computed once and logged as they are."""
 
@@ -93,6 +101,7 @@ class Losses(NamedTuple):
     encoder: torch.Tensor  # L_prior + L_llike (+ pixel) (+ MMD)
     decoder: torch.Tensor  # gamma * (L_llike (+ pixel)) + L_GAN
     mmd: torch.Tensor  # MMD(codes, N(0, I)), in the encoder's loss with mmd_weight
+    r1: torch.Tensor  # R1 of this step's real batch (0 between lazy R1 steps), in D's loss
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in self._asdict().items()}

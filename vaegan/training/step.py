@@ -2,7 +2,8 @@
 
 Per step: a D phase on detached fakes, then an encoder/decoder phase against the updated
 D. The encoder minimises L_prior + L_rec, the decoder gamma*L_rec + L_GAN (L_rec: the
-learned similarity L_llike plus the optional pixel term), D only L_GAN; each optimiser
+learned similarity L_llike plus the optional pixel term), D only L_GAN (plus, with
+``r1_gamma``, the R1 penalty every ``r1_every`` steps); each optimiser
 steps only its own network, and the GAN gradient never reaches the encoder
 (``backward(inputs=...)`` restricts each loss to its network's parameters). Every image D
 sees goes through the same DiffAugment transforms (``augment.py``), and a moving average
@@ -127,8 +128,11 @@ def train_step(
         x_p = nets.decoder(z_p)
 
     # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
+    # On an R1 step the real images carry a gradient, so the penalty reuses this forward.
+    r1_now = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+    real = x.detach().requires_grad_(r1_now)
     with autocast:
-        real_logit, _ = nets.discriminator(aug(x))
+        real_logit, _ = nets.discriminator(aug(real))
         fake_logits = [
             nets.discriminator(aug(x_rec.detach()))[0].float(),
             nets.discriminator(aug(x_p.detach()))[0].float(),
@@ -137,13 +141,14 @@ def train_step(
             loss_d = L.hinge_d(real_logit.float(), fake_logits)
         else:
             loss_d = L.gan_d(real_logit.float(), fake_logits, cfg.real_label)
-    _check_finite(step, {"gan_d": loss_d}, last_path, dist)
+    r1 = L.r1_penalty(real_logit, real) if r1_now else torch.zeros((), device=x.device)
+    _check_finite(step, {"gan_d": loss_d, "r1": r1}, last_path, dist)
     train_dis, train_dec_gan = balance(real_logit.float(), fake_logits, cfg.balance_margin, dist)
     # Under DDP the backward runs even when D pauses: its forward already armed the gradient
     # reduction, which every rank must complete.
     if train_dis or dist.enabled:
         opts.discriminator.zero_grad(set_to_none=True)
-        loss_d.backward()
+        (loss_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1 if r1_now else loss_d).backward()
     if train_dis:
         opts.discriminator.step()
 
@@ -173,7 +178,7 @@ def train_step(
         # Every rank computes the global batch's MMD, with its gradient reaching only this
         # rank's codes; DDP averages the gradients over ranks, so this restores their sum.
         loss_e = loss_e + cfg.mmd_weight * dist.world_size * mmd
-    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g, mmd)
+    losses = L.Losses(kl, llike, pixel, gan_g, loss_d, loss_e, loss_g, mmd, r1.detach())
     _check_finite(step, losses._asdict(), last_path, dist)
     opts.encoder.zero_grad(set_to_none=True)
     opts.decoder.zero_grad(set_to_none=True)

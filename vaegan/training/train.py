@@ -289,6 +289,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     t_window, n_window = time.perf_counter(), 0
+    last_r1 = 0.0  # R1 is lazy: its figure is logged as of the last step that computed it
     share = dist.shard(cfg.batch_size)
     stop = _StopRequest()
     try:
@@ -311,6 +312,8 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
                 x = x.contiguous(memory_format=torch.channels_last)
 
             losses = train_step(run.nets, run.opts, x, cfg, autocast, step, last_path, dist)
+            if cfg.r1_gamma and step % cfg.r1_every == 0:
+                last_r1 = float(losses.r1)
             if run.ema is not None:
                 run.ema.update(run.model.decoder, step)
 
@@ -318,7 +321,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
             n_window += x.shape[0] * dist.world_size
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                vals = losses.as_floats()
+                vals = {**losses.as_floats(), "r1": last_r1}
                 ips = n_window / max(time.perf_counter() - t_window, 1e-9)
                 bar.set_postfix(
                     kl=f"{vals['kl']:.1f}",
