@@ -180,9 +180,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         "cpu-demo (bf16) with the R1 penalty, gamma 1, every 16 steps (none)",
     ),
     "r1-10": ([*DEMO, "r1_gamma=10"], "cpu-demo (bf16) with the R1 penalty, gamma 10"),
-    "r1-10-seed1": (
-        [*DEMO, "r1_gamma=10", "seed=1"],
-        "cpu-demo (bf16) with the R1 penalty, gamma 10, training seed 1",
+    "r1-1-seed1": (
+        [*DEMO, "r1_gamma=1", "seed=1"],
+        "cpu-demo (bf16) with the R1 penalty, gamma 1, training seed 1",
     ),
     # What more of the time budget buys: 1.6x the steps.
     "steps-4000": ([*AFTER, "steps=4000"], "KL 0.5, no DiffAugment, 4,000 steps (2,500)"),
