@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -14,8 +15,15 @@ from vaegan.preprocess import CropPolicy, decode_cost, decode_side, open_image, 
 from vaegan.v1 import vaegan_pb2 as pb
 
 
-def to_embeddings(arr: np.ndarray) -> list[pb.Embedding]:
-    return [pb.Embedding(values=row.tolist()) for row in np.asarray(arr, np.float32)]
+def add_embeddings(field, arr: np.ndarray) -> None:
+    """Appends each row of ``arr`` to a response's repeated ``Embedding`` field, built in
+    place (a standalone message per row would be copied into the response again)."""
+    for row in np.asarray(arr, np.float32):
+        field.add(values=row.tolist())
+
+
+def embedding(row: np.ndarray) -> pb.Embedding:
+    return pb.Embedding(values=np.asarray(row, np.float32).tolist())
 
 
 def header_cost(data: bytes, policy: CropPolicy, field: str, limits) -> tuple[int, int]:
@@ -52,7 +60,28 @@ def output_options(options: pb.OutputOptions) -> tuple[int, int]:
     return fmt, quality
 
 
-def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Image]:
+class Encoded(NamedTuple):
+    """Response images: each one's bytes, and the format and size they share."""
+
+    blobs: list[bytes]
+    format: int
+    width: int
+    height: int
+
+    def add_to(self, field) -> None:
+        """Appends them to a response's repeated ``Image`` field, built in place: a
+        standalone ``pb.Image`` per image would be copied into the response again, which
+        costs more than writing RAW pixels."""
+        for b in self.blobs:
+            field.add(data=b, format=self.format, width=self.width, height=self.height)
+
+    def image(self, i: int) -> pb.Image:
+        return pb.Image(
+            data=self.blobs[i], format=self.format, width=self.width, height=self.height
+        )
+
+
+def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> Encoded:
     """uint8 [n, h, w, 3] -> response images in the requested format."""
     fmt, quality = output_options(options)
     n, h, w = pixels.shape[:3]
@@ -63,7 +92,7 @@ def encode_images(pixels: np.ndarray, options: pb.OutputOptions) -> list[pb.Imag
         blobs = [encode_jpeg(px, quality) for px in pixels]
     else:
         blobs = encode_png(pixels)
-    return [pb.Image(data=b, format=fmt, width=w, height=h) for b in blobs]
+    return Encoded(blobs, fmt, w, h)
 
 
 def encode_jpeg(px: np.ndarray, quality: int) -> bytes:

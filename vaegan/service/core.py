@@ -165,7 +165,7 @@ class LatentCore:
             return self.settings.backend_timeout_s
         return max(0.001, deadline - time.monotonic())
 
-    async def encode_images(self, pixels: np.ndarray, options) -> list:
+    async def encode_images(self, pixels: np.ndarray, options) -> codecs.Encoded:
         """``pixels`` as response images: RAW and a few images on the event loop (a thread
         hop would cost more than the work), more in the worker pool, in chunks that the pool's
         threads share with decodes."""
@@ -181,7 +181,7 @@ class LatentCore:
                 for i in range(0, len(pixels), 64)
             )
         )
-        return [image for part in parts for image in part]
+        return parts[0]._replace(blobs=[blob for part in parts for blob in part.blobs])
 
     async def close(self) -> None:
         for b in self._batchers.values():

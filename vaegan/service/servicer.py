@@ -133,11 +133,10 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             )
         else:
             raise InvalidInput("source: set either embeddings or sample")
-        return pb.GenerateResponse(
-            images=await self.core.encode_images(out.pixels, request.output),
-            embeddings=codecs.to_embeddings(out.z),
-            decoder_version=out.decoder_version,
-        )
+        response = pb.GenerateResponse(decoder_version=out.decoder_version)
+        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
+        codecs.add_embeddings(response.embeddings, out.z)
+        return response
 
     async def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:
         got = await self.core.encode(
@@ -147,20 +146,18 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             sample_seed=request.seed if request.sample else None,
             reconstruction_error=request.reconstruction_error,
         )
-        encodings = [
-            pb.Encoding(mu=pb.Embedding(values=m.tolist()), logvar=pb.Embedding(values=lv.tolist()))
-            for m, lv in zip(got.mu, got.logvar, strict=True)
-        ]
-        for i, e in enumerate(encodings):
+        response = pb.EncodeResponse(
+            encoder_version=got.encoder_version, decoder_version=got.decoder_version
+        )
+        for i, (m, lv) in enumerate(zip(got.mu, got.logvar, strict=True)):
+            e = response.encodings.add()  # built in place, as codecs.add_embeddings does
+            e.mu.values.extend(m.tolist())
+            e.logvar.values.extend(lv.tolist())
             if got.z is not None:
                 e.z.values.extend(got.z[i].tolist())
             if got.reconstruction_mse is not None:
                 e.reconstruction_mse = float(got.reconstruction_mse[i])
-        return pb.EncodeResponse(
-            encodings=encodings,
-            encoder_version=got.encoder_version,
-            decoder_version=got.decoder_version,
-        )
+        return response
 
     async def _path(self, request: pb.InterpolateRequest, deadline):
         method = request.method or pb.INTERPOLATION_METHOD_SPHERICAL
@@ -179,12 +176,12 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         deadline = _deadline(context)
         z, dmeta, encoder_version = await self._path(request, deadline)
         out = await self.core.decode(dmeta, z, deadline)
-        return pb.InterpolateResponse(
-            images=await self.core.encode_images(out.pixels, request.output),
-            embeddings=codecs.to_embeddings(z),
-            encoder_version=encoder_version,
-            decoder_version=dmeta.version,
+        response = pb.InterpolateResponse(
+            encoder_version=encoder_version, decoder_version=dmeta.version
         )
+        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
+        codecs.add_embeddings(response.embeddings, z)
+        return response
 
     async def InterpolateStream(self, request: pb.InterpolateRequest, context):
         codecs.output_options(request.output)  # before any work
@@ -195,14 +192,12 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         for lo in range(0, len(z), chunk):
             part = await self.core.decode(dmeta, z[lo : lo + chunk], deadline)
             images = await self.core.encode_images(part.pixels, request.output)
-            for k, (image, emb) in enumerate(
-                zip(images, codecs.to_embeddings(part.z), strict=True)
-            ):
+            for k, row in enumerate(part.z):
                 yield pb.InterpolateFrame(
                     index=lo + k,
                     total=len(z),
-                    image=image,
-                    embedding=emb,
+                    image=images.image(k),
+                    embedding=codecs.embedding(row),
                     encoder_version=encoder_version,
                     decoder_version=dmeta.version,
                 )
@@ -237,21 +232,22 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             weights=dict(request.weights),
             sweep=(sw.name, sw.low, sw.high, sw.steps) if request.HasField("sweep") else None,
         )
-        return pb.EditResponse(
-            images=await self.core.encode_images(out.pixels, request.output),
-            embeddings=codecs.to_embeddings(out.z),
+        response = pb.EditResponse(
             sweep_weights=out.weights or [],
             encoder_version=out.encoder_version,
             decoder_version=out.decoder_version,
         )
+        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
+        codecs.add_embeddings(response.embeddings, out.z)
+        return response
 
     async def Analogy(self, request: pb.AnalogyRequest, context) -> pb.AnalogyResponse:
         codecs.output_options(request.output)  # before any work
         terms = {f: [_key(k) for k in getattr(request, f).items] for f in ("a", "b", "c")}
         out = await self.core.analogy(terms, request.model_version, _deadline(context))
         return pb.AnalogyResponse(
-            image=(await self.core.encode_images(out.pixels, request.output))[0],
-            embedding=codecs.to_embeddings(out.z)[0],
+            image=(await self.core.encode_images(out.pixels, request.output)).image(0),
+            embedding=codecs.embedding(out.z[0]),
             encoder_version=out.encoder_version,
             decoder_version=out.decoder_version,
         )
