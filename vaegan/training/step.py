@@ -92,6 +92,11 @@ class EMA:
             e.copy_(b)
 
 
+def r1_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether step ``step`` (0-based) takes the lazy R1 penalty."""
+    return cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+
+
 def train_step(
     nets: Nets,
     opts: Optimizers,
@@ -129,7 +134,7 @@ def train_step(
 
     # --- D phase: real vs (reconstructions, prior samples), fakes detached, all augmented ---
     # On an R1 step the real images carry a gradient, so the penalty reuses this forward.
-    r1_now = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+    r1_now = r1_due(cfg, step)
     real = x.detach().requires_grad_(r1_now)
     with autocast:
         real_logit, _ = nets.discriminator(aug(real))

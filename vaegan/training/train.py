@@ -43,6 +43,7 @@ from vaegan.training.step import (
     Optimizers,
     autocast_for,
     lr_scale,
+    r1_due,
     train_step,
     wrap_networks,
 )
@@ -312,7 +313,7 @@ def loop(run: Run, run_dir: Path, progress: bool) -> dict[str, Any]:
                 x = x.contiguous(memory_format=torch.channels_last)
 
             losses = train_step(run.nets, run.opts, x, cfg, autocast, step, last_path, dist)
-            if cfg.r1_gamma and step % cfg.r1_every == 0:
+            if r1_due(cfg, step):
                 last_r1 = float(losses.r1)
             if run.ema is not None:
                 run.ema.update(run.model.decoder, step)
