@@ -210,18 +210,25 @@ def test_each_optimiser_updates_only_its_own_network(frozen):
         assert _changed(getattr(model, name), before[name]) == (name != frozen), name
 
 
-def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
-    cfg, model, nets, opts, x = _step_setup()
-    at_d_step: list[torch.Tensor] = []
+def _recorded_step(step: int = 0, **cfg_kw):
+    """One step from fixed weights and draws: D's gradients as its optimiser stepped, the
+    model after the step, and the step's losses."""
+    cfg, model, nets, opts, x = _step_setup(**cfg_kw)
+    seen: list[torch.Tensor] = []
     d_step = opts.discriminator.step
 
     def recording_step(*a, **kw):
-        at_d_step.extend(p.grad.clone() for p in model.discriminator.parameters())
+        seen.extend(p.grad.clone() for p in model.discriminator.parameters())
         return d_step(*a, **kw)
 
     opts.discriminator.step = recording_step
-    train_step(nets, opts, x, cfg)
-    assert at_d_step, "the discriminator never stepped"
+    losses = train_step(nets, opts, x, cfg, step=step)
+    assert seen, "the discriminator never stepped"
+    return seen, model, losses
+
+
+def test_encoder_decoder_phase_adds_nothing_to_the_discriminator_gradients():
+    at_d_step, model, _ = _recorded_step()
     after = [p.grad for p in model.discriminator.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(at_d_step, after, strict=True))
 
@@ -239,19 +246,10 @@ def test_r1_is_the_squared_gradient_of_d_at_the_real_images():
     assert torch.allclose(dw, 2 * w)
 
 
-def _d_gradients(step: int, **cfg_kw) -> list[torch.Tensor]:
-    """D's gradients as its optimiser steps, for one step from the same weights and draws."""
-    cfg, model, nets, opts, x = _step_setup(diffaugment="", **cfg_kw)
-    seen: list[torch.Tensor] = []
-    d_step = opts.discriminator.step
-
-    def recording_step(*a, **kw):
-        seen.extend(p.grad.clone() for p in model.discriminator.parameters())
-        return d_step(*a, **kw)
-
-    opts.discriminator.step = recording_step
-    losses = train_step(nets, opts, x, cfg, step=step)
-    assert seen, "the discriminator never stepped"
+def _d_gradients(step: int, **cfg_kw):
+    """D's gradients and the losses of one step, without DiffAugment (so the penalty can be
+    computed again here on the same images)."""
+    seen, _, losses = _recorded_step(step, diffaugment="", **cfg_kw)
     return seen, losses
 
 
