@@ -22,7 +22,7 @@ from vaegan.errors import VaeganError
 #: Components fitted by default. More components keep draws closer to the training codes:
 #: more like the data, less novel. For ~1,300 emoji, 80 (about 16 codes per component) is the
 #: most whose draws stay as far from the training codes as unseen images' codes do
-#: (``nearest_code_ratio`` about 1, at 32 and 64 px; README has the sweep).
+#: (``nearest_code_ratio`` about 1, at 32 and 64 px; docs/quality.md has the sweep).
 DEFAULT_COMPONENTS = 80
 #: The largest temperature a prior draw may be scaled by (Generate's ``sample.temperature``,
 #: ``vaegan evaluate --temperature``): beyond it draws mean nothing, and far beyond it they
