@@ -134,8 +134,12 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         else:
             raise InvalidInput("source: set either embeddings or sample")
         response = pb.GenerateResponse(decoder_version=out.decoder_version)
-        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
-        codecs.add_embeddings(response.embeddings, out.z)
+        return await self._filled(response, out.pixels, out.z, request.output)
+
+    async def _filled(self, response, pixels: np.ndarray, z: np.ndarray, output):
+        """``response`` with its repeated ``images`` and ``embeddings`` written in place."""
+        (await self.core.encode_images(pixels, output)).add_to(response.images)
+        codecs.add_embeddings(response.embeddings, z)
         return response
 
     async def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:
@@ -179,9 +183,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
         response = pb.InterpolateResponse(
             encoder_version=encoder_version, decoder_version=dmeta.version
         )
-        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
-        codecs.add_embeddings(response.embeddings, z)
-        return response
+        return await self._filled(response, out.pixels, z, request.output)
 
     async def InterpolateStream(self, request: pb.InterpolateRequest, context):
         codecs.output_options(request.output)  # before any work
@@ -237,9 +239,7 @@ class LatentServicer(pb_grpc.LatentServiceServicer):
             encoder_version=out.encoder_version,
             decoder_version=out.decoder_version,
         )
-        (await self.core.encode_images(out.pixels, request.output)).add_to(response.images)
-        codecs.add_embeddings(response.embeddings, out.z)
-        return response
+        return await self._filled(response, out.pixels, out.z, request.output)
 
     async def Analogy(self, request: pb.AnalogyRequest, context) -> pb.AnalogyResponse:
         codecs.output_options(request.output)  # before any work
