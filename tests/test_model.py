@@ -34,6 +34,26 @@ def test_the_resize_decoder_has_no_transposed_convolution_after_the_first_block(
     assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in legacy.decoder.modules()) == 4
 
 
+@pytest.mark.parametrize("d_norm", ["batch", "spectral"])
+def test_the_layers_between_4x4_and_1x1_compute_the_convolutions_they_stand_for(d_norm):
+    # Computed as matrix products (torch.compile's CUDA backward fails on the convolutions),
+    # they must still be those convolutions: same outputs, any memory format.
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = VAEGAN(ModelConfig(image_size=32, width=4, latent_dim=8, d_norm=d_norm)).eval()
+    model.discriminator.head.bias.data.normal_()  # a zero bias would hide a misplaced one
+    z = torch.randn(5, 8)
+    expand = model.decoder.net[0]
+    want = F.conv_transpose2d(z[:, :, None, None], expand.weight)
+    assert torch.allclose(expand(z[:, :, None, None]), want, atol=1e-6)
+    x = torch.randn(5, 16, 4, 4)
+    for head in (model.encoder.head, model.discriminator.head):
+        want = F.conv2d(x, head.weight, head.bias)
+        for form in (torch.contiguous_format, torch.channels_last):
+            assert torch.allclose(head(x.contiguous(memory_format=form)), want, atol=1e-6)
+
+
 def test_checkpoints_from_before_a_model_option_existed_rebuild_their_old_networks():
     old = {"image_size": 32, "latent_dim": 8, "width": 4, "feature_layer": 3}
     cfg = ModelConfig.from_dict(old)

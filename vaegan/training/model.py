@@ -22,6 +22,28 @@ def _down(cin: int, cout: int, bn: bool, spectral: bool = False) -> list[nn.Modu
     return layers
 
 
+# torch.compile's CUDA backward mispredicts the strides of a convolution's gradients where one
+# side is 1x1 (pytorch/pytorch#171622), and training stops on an assertion. Where a network
+# turns 4x4 into 1x1 or back, the convolution is a matrix product, so it is computed as one:
+# the same module type, parameters and checkpoints, the same arithmetic.
+class _Collapse(nn.Conv2d):
+    """Conv2d whose kernel covers its whole input (8w x4x4 -> C x1x1), as one matrix product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.flatten(1), self.weight.flatten(1), self.bias)[
+            ..., None, None
+        ]
+
+
+class _Expand(nn.ConvTranspose2d):
+    """ConvTranspose2d from a 1x1 input (latent x1x1 -> C x4x4), as one matrix product."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = z.flatten(1) @ self.weight.flatten(1)  # weight: [latent, C, 4, 4]
+        out = out.view(z.shape[0], *self.weight.shape[1:])
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+
 class Encoder(nn.Module):
     """x -> (mu, logvar): the DCGAN discriminator's trunk with a 2*latent head."""
 
@@ -32,7 +54,7 @@ class Encoder(nn.Module):
             layers += _down(c, w * 2**i, bn=i > 0)
             c = w * 2**i
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Conv2d(c, 2 * cfg.latent_dim, 4, 1, 0)  # 8w x4x4 -> 2*latent x1x1
+        self.head = _Collapse(c, 2 * cfg.latent_dim, 4, 1, 0)  # 8w x4x4 -> 2*latent x1x1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.head(self.trunk(x)).flatten(1).chunk(2, dim=1)
@@ -56,7 +78,7 @@ class Decoder(nn.Module):
         w, n = cfg.width, cfg.num_blocks
         c = w * 2 ** (n - 1)
         layers: list[nn.Module] = [  # latent x1x1 -> 8w x4x4
-            nn.ConvTranspose2d(cfg.latent_dim, c, 4, 1, 0, bias=False),
+            _Expand(cfg.latent_dim, c, 4, 1, 0, bias=False),
             nn.BatchNorm2d(c),
             nn.ReLU(True),
         ]
@@ -85,7 +107,7 @@ class Discriminator(nn.Module):
             blocks.append(nn.Sequential(*_down(c, w * 2**i, bn=i > 0 and not sn, spectral=sn)))
             c = w * 2**i
         self.blocks = nn.ModuleList(blocks)
-        head = nn.Conv2d(c, 1, 4, 1, 0)  # 8w x4x4 -> 1x1x1
+        head = _Collapse(c, 1, 4, 1, 0)  # 8w x4x4 -> 1x1x1
         self.head = nn.utils.parametrizations.spectral_norm(head) if sn else head
         self.feature_layer = cfg.feature_layer
 
