@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from vaegan.training.config import preset
+from vaegan.training.config import TrainConfig, preset
 from vaegan.training.distributed import SINGLE, Dist, convert_sync_batchnorm, setup, teardown
 from vaegan.training.model import VAEGAN
 from vaegan.training.step import (
@@ -45,9 +45,7 @@ def measure(
     dist: Dist = SINGLE,
     fp32: bool = False,
 ) -> dict:
-    cfg = preset(name)
-    if fp32:  # the baseline of the preset's mixed precision and memory format
-        cfg = replace(cfg, amp=False, channels_last=False)
+    cfg = _config(name, fp32)
     torch.manual_seed(0)
     model = VAEGAN(cfg.model).to(device)
     if dist.enabled:
@@ -78,6 +76,18 @@ def measure(
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
+    row = _row(name, cfg, device, compile_, steps, dist.world_size)
+    return {**row, "images_per_second": steps * cfg.batch_size / seconds}
+
+
+def _config(name: str, fp32: bool) -> TrainConfig:
+    cfg = preset(name)
+    if fp32:  # the baseline of the preset's mixed precision and memory format
+        cfg = replace(cfg, amp=False, channels_last=False)
+    return cfg
+
+
+def _row(name: str, cfg: TrainConfig, device: str, compile_: bool, steps: int, ranks: int) -> dict:
     return {
         "preset": name,
         "device": device,
@@ -87,10 +97,20 @@ def measure(
         "channels_last": cfg.channels_last,
         "batch": cfg.batch_size,
         "steps": steps,
-        "ranks": dist.world_size,
+        "ranks": ranks,
         "threads_per_rank": torch.get_num_threads(),
-        "images_per_second": steps * cfg.batch_size / seconds,
     }
+
+
+def compiled(name: str, steps: int, device: str, fp32: bool) -> dict:
+    """``measure`` under torch.compile; a compiler failure is a row that says so, since what
+    torch.compile accepts varies by version and device, and the other rows still count."""
+    try:
+        return measure(name, steps, device, compile_=True, fp32=fp32)
+    except Exception as e:  # any compiler failure is the finding
+        first = str(e).splitlines()[0] if str(e) else ""
+        row = _row(name, _config(name, fp32), device, True, steps, 1)
+        return {**row, "error": f"{type(e).__name__}: {first}"[:300]}
 
 
 def measure_ranks(n: int, a: argparse.Namespace) -> list[dict]:
@@ -151,16 +171,18 @@ def main() -> None:
                 if n == 1
                 else measure_ranks(n, a)
             )
-        if a.compile:
-            rows += [measure(n, a.steps, a.device, compile_=True) for n in a.presets]
-        if a.fp32:
-            rows += [measure(n, a.steps, a.device, fp32=True) for n in a.presets]
+        for fp32 in (False, True) if a.fp32 else (False,):
+            if fp32:
+                rows += [measure(n, a.steps, a.device, fp32=True) for n in a.presets]
+            if a.compile:
+                rows += [compiled(n, a.steps, a.device, fp32) for n in a.presets]
     for r in rows:
         print(
             f"{r['preset']:<10} {r['device']:<6} compile={r['compile']!s:<5} "
             f"bf16={r['bf16']!s:<5} channels_last={r['channels_last']!s:<5} "
             f"width {r['width']:>3} batch {r['batch']} "
-            f"ranks {r['ranks']} x {r['threads_per_rank']} threads: {r['images_per_second']:.1f} img/s"
+            f"ranks {r['ranks']} x {r['threads_per_rank']} threads: "
+            + (f"failed: {r['error']}" if "error" in r else f"{r['images_per_second']:.1f} img/s")
         )
     if a.out:
         with open(a.out, "w") as f:
