@@ -760,6 +760,42 @@ def test_one_connection_cannot_take_every_in_flight_slot(repo):
             channel.close()
 
 
+def test_streams_whose_reader_stopped_are_ended_with_their_connection_and_free_their_slots(repo):
+    # A message gRPC is writing cannot be cancelled (cancelling the write hangs the call), so
+    # --max-call-s never fires on a stream stuck in a write: its connection's age limit
+    # does, GOAWAY and then a forced close once --grace-s has passed, which ends its calls.
+    settings = Settings(
+        model_repository=str(repo),
+        max_inflight=8,
+        max_frames=1024,
+        max_steps=1024,
+        max_call_s=0.5,
+        max_connection_age_s=2.0,
+        grace_s=1.0,
+    )
+    with GatewayThread(settings) as gw:
+        channel, hog = _unread_streams(gw.target, 8)
+        try:
+            wait_until(lambda: _inflight(gw) >= 4, timeout=30, every=0.05)
+            time.sleep(1.0)  # past --max-call-s: the calls are held by their writes alone
+            assert _inflight(gw) == 4
+            wait_until(lambda: _inflight(gw) == 0, timeout=20, every=0.1)
+            codes = []
+            for call in hog:  # ended by the server: what they hold is buffered frames, then
+                with pytest.raises(grpc.RpcError) as e:  # their status
+                    for _ in call:
+                        pass
+                codes.append(e.value.code())
+            # Half were refused their share at once; the held half ended with the connection.
+            assert sorted(c.name for c in codes) == ["RESOURCE_EXHAUSTED"] * 4 + ["UNAVAILABLE"] * 4
+            with LatentClient(gw.target, timeout=10) as c:  # and the gateway serves on
+                assert c.generate(count=1)[0].shape[0] == 1
+        finally:
+            for call in hog:
+                call.cancel()
+            channel.close()
+
+
 def test_a_call_that_outlives_the_servers_limit_ends_with_deadline_exceeded(repo):
     # No client deadline; the server's own limit (50 ms) is shorter than producing 1,024
     # frames takes, so the call must end there, its slot freed.

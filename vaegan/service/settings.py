@@ -225,6 +225,7 @@ HELP = {
     "tls_client_ca": "require client certificates signed by this CA (mutual TLS)",
     "max_inflight_per_connection": "calls one client connection may have in flight (0 = half of --max-inflight; set it to --max-inflight behind a proxy that uses one connection for everyone)",
     "max_call_s": "the server's limit on any call's duration, with or without a client deadline",
+    "max_connection_age_s": "seconds before a client connection is told to reconnect (GOAWAY); its calls then get --grace-s before it is closed, which also ends streams whose reader stopped",
     "decode_memory_mb": "MiB all image decodes in flight may use together, estimated from "
     "headers; images needing over 1/16 of it decode in their own lane with 3/4 of it",
     "max_request_pixels": "pixels all images of one request may have together",

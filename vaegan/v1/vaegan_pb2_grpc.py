@@ -107,7 +107,9 @@ class LatentServiceServicer:
 
     def InterpolateStream(self, request, context):
         """The same path, streamed: frames are sent in order as they are decoded, so long paths
-        start showing at once and never need one large message.
+        start showing at once and never need one large message. A client that stops reading
+        holds its call until the server recycles its connection (--max-connection-age-s, then
+        --grace-s for its calls), when the call ends UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
