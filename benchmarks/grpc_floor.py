@@ -2,13 +2,14 @@
 handler does nothing (answers OK) or refuses (aborts with RESOURCE_EXHAUSTED), with the
 server pinned to one core and the client on the others.
 
-    python -m benchmarks.grpc_floor [--seconds 5] [--repository REPO] [--out FILE]
+    python -m benchmarks.grpc_floor [--seconds 5] [--repository REPO] [--loop uvloop] [--out FILE]
 
 If refusing costs about what serving costs, a single gateway process cannot shed load
 offered faster than 1 / (CPU per call) in-process, whatever its admission policy. With
 ``--repository``, the same is measured for `vaegan serve` refusing every call (``--max-inflight
 1``, its one slot held by a stream nobody reads), to compare the gateway's refusal path with
-the floor.
+the floor. Both run on the same event loop (``--loop``; by default uvloop where it is
+installed, as `vaegan serve` does), since the loop alone moves CPU per call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import importlib.util
 import json
 import os
 import subprocess
@@ -169,6 +171,12 @@ def main() -> None:
     )
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repository", default=None, help="also measure `vaegan serve` refusing")
+    p.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        help="the event loop of every server measured (default: uvloop when installed)",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
@@ -178,7 +186,14 @@ def main() -> None:
     runs = [  # name, server command, how to know it is up, method, request body, its answer
         (
             f"bare grpc.aio, {mode}",
-            [sys.executable, "-c", SERVER, "PORT", mode],
+            [
+                sys.executable,
+                "-c",
+                SERVER,
+                "PORT",
+                mode,
+                *(["uvloop"] if a.loop == "uvloop" else []),
+            ],
             _printed_ready,
             "/floor/Call",
             b"",
@@ -192,7 +207,7 @@ def main() -> None:
 
         serve = [sys.executable, "-m", "vaegan.cli", "serve", "--model-repository", a.repository]
         serve += ["--host", "127.0.0.1", "--port", "PORT", "--metrics-port", "0"]
-        serve += ["--max-frames", "1024", "--max-steps", "1024"]
+        serve += ["--max-frames", "1024", "--max-steps", "1024", "--event-loop", a.loop]
         one = pb.Embedding(values=[0.1] * latent_dim(a.repository))
         body = pb.GenerateRequest(embeddings=pb.EmbeddingList(items=[one])).SerializeToString()
         runs.append(
@@ -205,10 +220,11 @@ def main() -> None:
                 "RESOURCE_EXHAUSTED",
             )
         )
+    print(f"every server on {a.loop}")
     results = []
     for name, command, ready, method, body, expect in runs:
         r = measure(name, command, ready, method, body, a.seconds, pinned, expect)
-        results.append(r)
+        results.append({**r, "loop": a.loop})
         print(
             f"{name:<22} on CPU {cpus[0]}: {r['calls_per_s']:6.0f} calls/s, "
             f"{r['server_cpu_ms_per_call']:.3f} ms of server CPU per call, "
