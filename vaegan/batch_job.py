@@ -36,6 +36,16 @@ def _error(key, code: str, message: str) -> dict[str, Any]:
     return {"key": key, "error": {"code": code, "message": message}}
 
 
+class _StreamEnded:
+    """What a line gets when its stream ended without answering it: a fault of the stream,
+    not of the line, so the job may send the line again on another stream."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str):
+        self.code, self.message = code, message
+
+
 def parse_line(line: str) -> dict[str, Any] | tuple[str, Any, Any]:
     """A line -> its error line, or ``("generate", key, values)`` / ``("encode", key, bytes)``."""
     try:
@@ -86,8 +96,9 @@ def encode_line(client: LatentClient, key, data: bytes) -> dict[str, Any]:
 class GenerateLane:
     """One ``GenerateStream``: lines go in through ``send``, and each answer resolves its
     line's future. gRPC's own thread pulls the messages; this lane's thread reads the
-    answers. If the stream itself fails (the gateway goes away, --max-call-s), every line it
-    still holds gets that status as its error line, and so does any line sent after."""
+    answers. If the stream itself fails (its connection recycled, the gateway going away,
+    --max-call-s), every line it still holds resolves to ``_StreamEnded`` with that status,
+    and so does any line sent after."""
 
     def __init__(self, client: LatentClient):
         self._lock = threading.Lock()
@@ -105,7 +116,7 @@ class GenerateLane:
         )
         with self._lock:
             if self._failed is not None:
-                future.set_result(_error(key, *self._failed))
+                future.set_result(_StreamEnded(*self._failed))
             else:
                 self._queue.put((key, request, future))
                 self.sent += 1
@@ -128,7 +139,7 @@ class GenerateLane:
             key, request, future = job
             with self._lock:
                 if self._failed is not None:
-                    future.set_result(_error(key, *self._failed))
+                    future.set_result(_StreamEnded(*self._failed))
                     continue
                 self._held[index] = (key, future)
             index += 1
@@ -167,8 +178,8 @@ class GenerateLane:
                     break
                 if job is not None:
                     left.append(job[::2])  # (key, future)
-        for key, future in left:
-            future.set_result(_error(key, *failed))
+        for _key, future in left:
+            future.set_result(_StreamEnded(*failed))
         self._queue.put(None)  # ends the request iterator if gRPC still waits on it
 
 
@@ -178,6 +189,12 @@ STREAM_LINES = 1024
 # Messages the gateway keeps in progress per stream (--max-stream-pending, 8 by default):
 # the job opens a stream per this many of its concurrent lines.
 STREAM_PENDING = 8
+# A line whose stream ended without answering it goes out again on another stream, up to
+# this many sends in all, when the stream ended for its own reasons: its connection was
+# recycled or went away (UNAVAILABLE), or its time ran out (DEADLINE_EXCEEDED). Generating is
+# a pure function of the line, so sending it twice is safe.
+SENDS = 4
+RESEND_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 def run_job(
@@ -198,7 +215,8 @@ def run_job(
         open(output_path, "w") as out,
         tqdm(desc="batch job", unit="line", disable=not progress) as bar,
     ):
-        pending: deque[Future] = deque()
+        # Each line's future, with (key, values, sends so far) for an embedding line.
+        pending: deque[tuple[Future, tuple | None]] = deque()
         old: list[GenerateLane] = []
 
         def generate(key, values) -> Future:
@@ -212,8 +230,27 @@ def run_job(
                 lane = lanes[turn] = GenerateLane(client)
             return lane.send(key, values)
 
+        def resendable(future: Future, line: tuple | None) -> bool:
+            ended = future.result() if future.done() else None
+            return (
+                isinstance(ended, _StreamEnded)
+                and ended.code in RESEND_CODES
+                and line is not None
+                and line[2] < SENDS
+            )
+
         def write_oldest() -> None:
-            result = pending.popleft().result()
+            while resendable(*pending[0]) or not pending[0][0].done():
+                pending[0][0].result()  # wait for the oldest line's answer
+                if resendable(*pending[0]):  # and every line its stream's end left
+                    for i, (future, line) in enumerate(pending):
+                        if resendable(future, line):
+                            key, values, sends = line
+                            pending[i] = (generate(key, values), (key, values, sends + 1))
+            future, line = pending.popleft()
+            result = future.result()
+            if isinstance(result, _StreamEnded):  # sent SENDS times, or ended for good
+                result = _error(line[0] if line else None, result.code, result.message)
             counts["errors" if "error" in result else "ok"] += 1
             out.write(json.dumps(result) + "\n")
             bar.update()
@@ -226,11 +263,12 @@ def run_job(
                 if isinstance(parsed, dict):
                     done: Future = Future()
                     done.set_result(parsed)
-                    pending.append(done)
+                    pending.append((done, None))
                 elif parsed[0] == "generate":
-                    pending.append(generate(*parsed[1:]))
+                    _, key, values = parsed
+                    pending.append((generate(key, values), (key, values, 1)))
                 else:
-                    pending.append(pool.submit(encode_line, client, *parsed[1:]))
+                    pending.append((pool.submit(encode_line, client, *parsed[1:]), None))
                 if len(pending) >= window:
                     write_oldest()
             while pending:
