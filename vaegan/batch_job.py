@@ -169,7 +169,7 @@ class GenerateLane:
             failed = ("INTERNAL", f"reading the stream failed: {type(e).__name__}: {e}"[:300])
         with self._lock:
             self._failed = failed
-            left = list(self._held.values())
+            left = [future for _key, future in self._held.values()]
             self._held.clear()
             while True:
                 try:
@@ -177,8 +177,8 @@ class GenerateLane:
                 except queue.Empty:
                     break
                 if job is not None:
-                    left.append(job[::2])  # (key, future)
-        for _key, future in left:
+                    left.append(job[2])  # (key, request, future)
+        for future in left:
             future.set_result(_StreamEnded(*failed))
         self._queue.put(None)  # ends the request iterator if gRPC still waits on it
 
@@ -240,14 +240,16 @@ def run_job(
             )
 
         def write_oldest() -> None:
-            while resendable(*pending[0]) or not pending[0][0].done():
-                pending[0][0].result()  # wait for the oldest line's answer
-                if resendable(*pending[0]):  # and every line its stream's end left
-                    for i, (future, line) in enumerate(pending):
-                        if resendable(future, line):
-                            key, values, sends = line
-                            pending[i] = (generate(key, values), (key, values, sends + 1))
-            future, line = pending.popleft()
+            while True:
+                future, line = pending[0]
+                future.result()  # wait for the oldest line's answer
+                if not resendable(future, line):
+                    break
+                for i, (other, other_line) in enumerate(pending):  # and every line its
+                    if resendable(other, other_line):  # stream's end left, the oldest too
+                        key, values, sends = other_line
+                        pending[i] = (generate(key, values), (key, values, sends + 1))
+            pending.popleft()
             result = future.result()
             if isinstance(result, _StreamEnded):  # sent SENDS times, or ended for good
                 result = _error(line[0] if line else None, result.code, result.message)
