@@ -16,6 +16,12 @@ after another for --duration seconds, after a short warm-up of the same load.
 - gateway, batching off: each call its own Triton request
 - gateway, 2 workers: `vaegan serve --workers 2`, the clients' connections spread over both
 - gateway, --triton-shm: batches' tensors through system shared memory to Triton
+- T5's parts, what the gateway does that the bare server does not, each on the gateway's
+  event loop: "gateway code, no gRPC" runs 64 callers through the gateway's own interceptors,
+  servicer, core and batcher in this process (requests parsed and responses serialised as
+  gRPC would), with a stand-in backend that answers each batch of at most 16 after 1 ms;
+  "Triton client" sends the gateway's Triton requests (its TritonBackend, 2 in flight as
+  --max-concurrent-batches, 16 items each) and counts this process's CPU per request
 
 Clients share a connection eight at a time (the gateway allows 32 streams per connection).
 CPU is user + system time of the load generator (this process), the gateway and Triton (with
@@ -39,7 +45,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,17 +58,38 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from benchmarks.grpc_floor import SERVER
+from vaegan import interface as api
 from vaegan.export.local_triton import LocalTriton
 from vaegan.host import free_port, tree_cpu_seconds
-from vaegan.repository import latent_dim
+from vaegan.repository import ModelMeta, latent_dim, meta_from_parameters, read_config
+from vaegan.service.backends import Backend, TritonBackend
+from vaegan.service.core import LatentCore
+from vaegan.service.interceptors import Lifecycle
+from vaegan.service.metrics import Metrics
 from vaegan.service.process import gateway_process
+from vaegan.service.server import interceptors, new_event_loop
+from vaegan.service.servicer import LatentServicer
+from vaegan.service.settings import Settings
 from vaegan.v1 import vaegan_pb2 as pb
 from vaegan.v1 import vaegan_pb2_grpc as pb_grpc
 
 CLIENTS_PER_CONNECTION = 8
 SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
 CEILING = "ceiling (ORT in-process, batch 64)"  # the in-process ceiling row
-RUNS = ["ceiling", "triton", "bare", "uvloop", "asyncio", "batching-off", "workers", "triton-shm"]
+OWN_CODE = "gateway code, no gRPC"  # T5's parts
+TRITON_CLIENT = "Triton client (TritonBackend)"
+TRITON_CLIENT_ITEMS = 16
+RUNS = [
+    "ceiling",
+    "triton",
+    "bare",
+    "parts",
+    "uvloop",
+    "asyncio",
+    "batching-off",
+    "workers",
+    "triton-shm",
+]
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
 
@@ -182,8 +209,12 @@ async def measure(
     )
 
 
+def newest_version(repo: Path, model: str) -> str:
+    return max((p.name for p in (repo / model).iterdir() if p.name.isdigit()), key=int)
+
+
 def ceiling(repo: Path, model: str, latent: int, seconds: float) -> Row:
-    version = max((p.name for p in (repo / model).iterdir() if p.name.isdigit()), key=int)
+    version = newest_version(repo, model)
     session = ort.InferenceSession(
         str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -343,6 +374,138 @@ def bare_rows(answer_bytes: int, request: bytes, seconds: float, loops) -> list[
     return rows
 
 
+def decoder_meta(repo: Path, model: str) -> ModelMeta:
+    """The decoder's facts as the gateway reads them, from the newest version's config."""
+    config = read_config(repo / model)
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    return meta_from_parameters(model, newest_version(repo, model), params)
+
+
+def on_gateway_loop(coroutine):
+    """Run ``coroutine`` on the event loop `vaegan serve` runs on (uvloop when installed)."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop("auto")) as runner:
+        return runner.run(coroutine)
+
+
+class _StandIn(Backend):
+    """Answers each batch after ``delay`` seconds with zero pixels of the model's shape."""
+
+    kind = "stand-in"
+
+    def __init__(self, meta: ModelMeta, metrics: Metrics, delay: float):
+        super().__init__({"encoder": api.ENCODER_MODEL, "decoder": meta.name}, "", metrics)
+        self.decoder, self.delay = meta, delay
+
+    async def ready(self) -> bool:
+        return True
+
+    async def meta(self, role: str, version: str = "") -> ModelMeta:
+        return self.decoder
+
+    async def _infer(self, role, version, array, timeout):
+        await asyncio.sleep(self.delay)
+        size = self.decoder.image_size
+        return {api.DECODER_OUTPUT: np.zeros((len(array), size, size, 3), np.uint8)}
+
+
+class _Context:
+    """What the interceptors and the servicer ask of a call that succeeds (an error path
+    would call something this lacks, and the row would fail)."""
+
+    def __init__(self, peer: str):
+        self._peer = peer
+
+    def time_remaining(self) -> float:
+        return 30.0
+
+    def peer(self) -> str:
+        return self._peer
+
+    def done(self) -> bool:
+        return False
+
+
+_Details = namedtuple("_Details", "method invocation_metadata")
+
+
+def own_code_row(meta: ModelMeta, seconds: float, clients: int = 64) -> Row:
+    """The gateway's own code per 1-embedding RAW call: the interceptor chain `vaegan serve`
+    builds, the servicer, core, batcher and metrics, with requests parsed and responses
+    serialised, in this process and without gRPC."""
+    method = f"/{pb.DESCRIPTOR.services_by_name['LatentService'].full_name}/Generate"
+    body = generate_request(1, meta.latent_dim).SerializeToString()
+
+    async def run() -> Row:
+        # Batches of the Triton client row's size: the 64x1 rows through Triton settle near it.
+        s = Settings(triton_url="stand-in", max_batch_size=TRITON_CLIENT_ITEMS)
+        metrics = Metrics("stand-in", "bench")
+        core = LatentCore(_StandIn(meta, metrics, 0.001), s, metrics)
+        servicer = LatentServicer(core)
+        chain = interceptors(s, metrics, Lifecycle())
+        plain = grpc.unary_unary_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=pb.GenerateRequest.FromString,
+            response_serializer=pb.GenerateResponse.SerializeToString,
+        )
+
+        async def resolve(i: int, details):
+            if i == len(chain):
+                return plain
+            return await chain[i].intercept_service(lambda d: resolve(i + 1, d), details)
+
+        details = _Details(method, ())
+
+        def call(k: int):
+            context = _Context(f"ipv4:127.0.0.1:{k % 8}")  # 8 connections, as in the rows
+
+            async def one() -> int:
+                handler = await resolve(0, details)  # as grpc.aio does for every call
+                request = handler.request_deserializer(body)
+                response = await handler.unary_unary(request, context)
+                handler.response_serializer(response)
+                return len(response.images)
+
+            return one
+
+        row = await measure(OWN_CODE, "64x1", [call(k) for k in range(clients)], Cpu({}), seconds)
+        await core.close()
+
+        def total(what: str) -> float:
+            return metrics.registry.get_sample_value(
+                f"vaegan_batch_size_{what}", {"model": meta.name}
+            )
+
+        row.items_per_triton_request = total("sum") / total("count")  # the stand-in's, warm-up too
+        return _as_gateway_cpu(row)
+
+    return on_gateway_loop(run())
+
+
+async def triton_client_row(url: str, meta: ModelMeta, seconds: float) -> Row:
+    """CPU of this process per Triton request the gateway sends (TritonBackend.infer of a
+    batch), two in flight."""
+    backend = TritonBackend(
+        url, {"encoder": api.ENCODER_MODEL, "decoder": meta.name}, "", Metrics("triton", "bench")
+    )
+    z = _z(TRITON_CLIENT_ITEMS, meta.latent_dim)
+
+    async def one() -> int:
+        out, _ = await backend.infer("decoder", meta.version, z, 30.0)
+        return len(out[api.DECODER_OUTPUT])
+
+    try:
+        shape = f"2x{TRITON_CLIENT_ITEMS}"
+        return _as_gateway_cpu(await measure(TRITON_CLIENT, shape, [one, one], Cpu({}), seconds))
+    finally:
+        await backend.close()
+
+
+def _as_gateway_cpu(row: Row) -> Row:
+    """A T5 part's CPU is the gateway's work, done in this process."""
+    row.cpu_ms_per_call = {"gateway": row.cpu_ms_per_call["client"]}
+    return row
+
+
 def find(rows: list[Row], name: str, shape: str) -> Row | None:
     return next((r for r in rows if r.name == name and r.shape == shape), None)
 
@@ -426,6 +589,26 @@ def targets(rows: list[Row]) -> list[dict]:
     for name, value, op, target in out:
         met = None if value is None else (value <= target if op == "<=" else value >= target)
         result.append({"target": name, "value": value, "op": op, "goal": target, "met": met})
+    bare, own, hop, g64 = (
+        get("bare grpc.aio, uvloop", "64x1"),
+        get(OWN_CODE, "64x1"),
+        get(TRITON_CLIENT, f"2x{TRITON_CLIENT_ITEMS}"),
+        get(gw, "64x1"),
+    )
+    if bare and own and hop and g64 and g64.items_per_triton_request:
+        # What the gateway's 64x1 call costs beyond the bare server's, part by part: its own
+        # code, and its share of a Triton request at the batch size the row ran at.
+        share = hop.cpu_ms_per_call["gateway"] / g64.items_per_triton_request
+        floor = bare.cpu_ms_per_call["gateway"]
+        parts = [
+            ("T5 part: the gateway's own code per call, ms", own.cpu_ms_per_call["gateway"]),
+            ("T5 part: its share of a Triton request per call, ms", share),
+            (
+                "T5 with nothing else: (bare + both parts) / bare",
+                (floor + own.cpu_ms_per_call["gateway"] + share) / floor,
+            ),
+        ]
+        result += [{"target": name, "value": value} for name, value in parts]
     g, t = get(gw, "1x1"), get("triton", "1x1")
     if g and t:
         result.append(
@@ -435,12 +618,14 @@ def targets(rows: list[Row]) -> list[dict]:
 
 
 def chart(rows: list[Row], path: Path, title: str) -> None:
-    """Images per second and CPU per image by process, one bar per row."""
+    """Images per second and CPU per image by process, one bar per row that serves images
+    (T5's parts serve none: they are in the table and the JSON)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.name not in (OWN_CODE, TRITON_CLIENT)]
     labels = [f"{r.name} {r.shape}" for r in rows]
     y = np.arange(len(rows))
     fig, (a, b) = plt.subplots(1, 2, figsize=(14, 0.42 * len(rows) + 1.6), sharey=True)
@@ -505,6 +690,8 @@ def main() -> None:
     progress = tqdm(total=3 + len(runs), desc="gateway bench", unit="setup")
     if "ceiling" in a.only:
         rows.append(ceiling(repo, a.model, latent, a.duration))
+    if "parts" in a.only:
+        rows.append(own_code_row(decoder_meta(repo, a.model), a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
         cpu = Cpu({"triton": triton.process.pid}, triton.metrics_url, a.model)
@@ -512,6 +699,9 @@ def main() -> None:
             rows += asyncio.run(
                 triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes)
             )
+        if "parts" in a.only:
+            meta = decoder_meta(repo, a.model)
+            rows.append(on_gateway_loop(triton_client_row(triton.grpc_url, meta, a.duration)))
         progress.update()
         if "bare" in a.only:
             # The bare server answers with the bytes of the gateway's 1-image RAW response.
@@ -551,7 +741,7 @@ def main() -> None:
         p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else "-"
         p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
         req, run = r.items_per_triton_request, r.items_per_triton_execution
-        items = f"{req:.1f}, {run:.1f}" if req is not None and run is not None else "-"
+        items = "-" if req is None else f"{req:.1f}" if run is None else f"{req:.1f}, {run:.1f}"
         print(
             f"{r.name:<34} {r.shape:>5} {r.calls_per_s:>8.0f} {r.images_per_s:>8.0f} {p50:>7} "
             f"{p99:>7} {ms('client'):>19} {ms('gateway'):>8} {ms('triton'):>7} {items:>22}"

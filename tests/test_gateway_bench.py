@@ -4,7 +4,20 @@ import asyncio
 
 import pytest
 
-from benchmarks.gateway_bench import CEILING, Cpu, Row, targets, triton_rows
+from benchmarks.gateway_bench import (
+    CEILING,
+    OWN_CODE,
+    TRITON_CLIENT,
+    TRITON_CLIENT_ITEMS,
+    Cpu,
+    Row,
+    decoder_meta,
+    on_gateway_loop,
+    own_code_row,
+    targets,
+    triton_client_row,
+    triton_rows,
+)
 from vaegan.export.local_triton import LocalTriton
 from vaegan.repository import latent_dim
 
@@ -60,6 +73,23 @@ def test_each_target_is_the_ratio_of_its_two_rows_and_says_whether_it_is_met():
     assert t["T6 ms the gateway adds at 1x1 (p50)"]["value"] == 1.0
 
 
+def test_t5_parts_add_the_gateways_own_code_and_its_share_of_a_triton_request_to_the_floor():
+    gw = row(GW, "64x1", gateway=0.4)
+    gw.items_per_triton_request = 10.0  # the gateway's batches in that row
+    own = row(OWN_CODE, "64x1", gateway=0.05)
+    hop = row(TRITON_CLIENT, f"2x{TRITON_CLIENT_ITEMS}", gateway=0.3)  # shared by 10 items
+    t = by_name(targets([gw, own, hop, row("bare grpc.aio, uvloop", "64x1", gateway=0.2)]))
+    assert t["T5 part: the gateway's own code per call, ms"]["value"] == 0.05
+    assert abs(t["T5 part: its share of a Triton request per call, ms"]["value"] - 0.03) < 1e-12
+    assert abs(t["T5 with nothing else: (bare + both parts) / bare"]["value"] - 1.4) < 1e-12
+    assert t["T5 gateway CPU/call 64x1 / bare grpc.aio (same loop)"]["value"] == 2.0
+    # Without the parts' rows (e.g. --only uvloop bare), no part is reported.
+    assert not any(
+        "part" in k
+        for k in by_name(targets([gw, row("bare grpc.aio, uvloop", "64x1", gateway=0.2)]))
+    )
+
+
 def test_a_non_ok_code_in_any_row_fails_t1():
     rows = [row("triton", "1x1"), row(GW, "64x1", codes={"OK": 90, "UNAVAILABLE": 7, "x": 3})]
     t1 = by_name(targets(rows))["T1 non-OK calls in every row"]
@@ -85,3 +115,22 @@ def test_a_row_reads_from_real_triton_how_many_items_each_request_and_execution_
     assert r.items_per_triton_request == 8.0  # every call of the row carried 8 embeddings
     # Triton's own batcher may merge concurrent requests; it never splits one.
     assert r.items_per_triton_execution is not None and r.items_per_triton_execution >= 8.0
+
+
+def test_the_own_code_row_runs_calls_through_the_gateways_interceptors_in_batches_of_the_client_rows_size(
+    repo,
+):
+    r = own_code_row(decoder_meta(repo, "vaegan_decoder"), 0.5)
+    assert set(r.codes) == {"OK"} and r.calls > 0 and r.images == r.calls
+    # 64 callers against a 1 ms backend fill every batch up to the size the row sets.
+    assert 1 < r.items_per_triton_request <= TRITON_CLIENT_ITEMS
+    assert r.cpu_ms_per_call["gateway"] > 0
+
+
+@pytest.mark.integration
+def test_the_triton_client_row_sends_the_gateways_requests_to_real_triton(repo):
+    meta = decoder_meta(repo, "vaegan_decoder")
+    with LocalTriton(repo) as triton:
+        r = on_gateway_loop(triton_client_row(triton.grpc_url, meta, 0.5))
+    assert set(r.codes) == {"OK"} and r.calls > 0
+    assert r.images == TRITON_CLIENT_ITEMS * r.calls

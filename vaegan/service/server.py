@@ -131,6 +131,26 @@ class Running:
             self.metrics_http.shutdown()
 
 
+def interceptors(
+    s: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> list[grpc.aio.ServerInterceptor]:
+    """The chain every call of the service goes through, in order (vaegan.service.interceptors)."""
+    outcomes = Outcomes(metrics)
+    tokens = s.tokens()
+    return [
+        *([AuthInterceptor(tokens, outcomes)] if tokens else []),
+        AdmissionInterceptor(
+            lifecycle,
+            s.max_inflight,
+            outcomes,
+            s.max_inflight_per_connection,
+            s.request_memory_mb * MiB,
+            s.stream_reserve_bytes,
+        ),
+        StatusInterceptor(outcomes, s.max_call_s, s.max_stream_message_bytes),
+    ]
+
+
 async def start(s: Settings) -> Running:
     s.check()
     metrics = Metrics("triton" if s.triton_url else "onnxruntime", __version__)
@@ -152,21 +172,8 @@ async def start(s: Settings) -> Running:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    outcomes, lifecycle = Outcomes(metrics), Lifecycle()
-    tokens = s.tokens()
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        *([AuthInterceptor(tokens, outcomes)] if tokens else []),
-        AdmissionInterceptor(
-            lifecycle,
-            s.max_inflight,
-            outcomes,
-            s.max_inflight_per_connection,
-            s.request_memory_mb * MiB,
-            s.stream_reserve_bytes,
-        ),
-        StatusInterceptor(outcomes, s.max_call_s, s.max_stream_message_bytes),
-    ]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    lifecycle = Lifecycle()
+    server = grpc.aio.server(interceptors=interceptors(s, metrics, lifecycle), options=options)
     servicer = LatentServicer(core)
     vaegan_pb2_grpc.add_LatentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
