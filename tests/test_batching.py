@@ -123,6 +123,26 @@ def test_items_arriving_together_share_one_backend_call():
     asyncio.run(scenario())
 
 
+def test_each_caller_gets_back_exactly_its_own_rows_of_a_shared_batch():
+    async def scenario():
+        backend = GatedBackend()
+        b = _batcher(backend, max_batch=16, max_queue=100, max_concurrent=1)
+        blocker = asyncio.create_task(b.submit(np.zeros((1, 1)), None))
+        await asyncio.sleep(0.01)  # the blocker's call holds the only backend slot
+        sizes = [3, 1, 2, 4]
+        arrays = [np.arange(n, dtype=float).reshape(n, 1) + 10 * i for i, n in enumerate(sizes)]
+        waiting = [asyncio.create_task(b.submit(a, None)) for a in arrays]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        results = await asyncio.gather(blocker, *waiting)
+        assert [len(batch) for batch in backend.batches] == [1, sum(sizes)]  # one shared call
+        for a, (out, _) in zip(arrays, results[1:], strict=True):
+            np.testing.assert_array_equal(out["out"], a * 2)
+        await b.close()
+
+    asyncio.run(scenario())
+
+
 class PickyBackend:
     """Refuses, as invalid, any batch holding a NaN (as a backend refuses a bad tensor)."""
 

@@ -203,11 +203,12 @@ class Batcher:
         except Exception as e:
             _fail(batch, e)
             return
-        offsets = np.cumsum([0] + [len(a) for a in arrays])
-        for k, item in enumerate(batch):
+        lo = 0  # each item's rows of the outputs, in batch order
+        for item, array in zip(batch, arrays, strict=True):
+            hi = lo + len(array)
             if not item.future.done():
-                lo, hi = offsets[k], offsets[k + 1]
                 item.future.set_result(({n: o[lo:hi] for n, o in outputs.items()}, version))
+            lo = hi
 
     async def close(self) -> None:
         if self._task is not None:
