@@ -17,11 +17,12 @@ after another for --duration seconds, after a short warm-up of the same load.
 - gateway, 2 workers: `vaegan serve --workers 2`, the clients' connections spread over both
 - gateway, --triton-shm: batches' tensors through system shared memory to Triton
 - T5's parts, what the gateway does that the bare server does not, each on the gateway's
-  event loop: "gateway code, no gRPC" runs 64 callers through the gateway's own interceptors,
-  servicer, core and batcher in this process (requests parsed and responses serialised as
-  gRPC would), with a stand-in backend that answers each batch of at most 16 after 1 ms;
-  "Triton client" sends the gateway's Triton requests (its TritonBackend, 2 in flight as
-  --max-concurrent-batches, 16 items each) and counts this process's CPU per request
+  event loop and at the batch size the gateway's 64x1 row ran at (B items per Triton request,
+  16 without that row): "gateway code, no gRPC" runs 64 callers through the gateway's own
+  interceptors, servicer, core and batcher in this process (requests parsed and responses
+  serialised as gRPC would), with a stand-in backend that answers each batch of at most B
+  after 1 ms; "Triton client" sends the gateway's Triton requests (its TritonBackend, 2 in
+  flight as --max-concurrent-batches, B items each) and counts this process's CPU per request
 
 Clients share a connection eight at a time (the gateway allows 32 streams per connection).
 CPU is user + system time of the load generator (this process), the gateway and Triton (with
@@ -78,7 +79,7 @@ SHAPES = {"1x1": (1, 1), "64x1": (64, 1), "16x8": (16, 8), "4x64": (4, 64)}
 CEILING = "ceiling (ORT in-process, batch 64)"  # the in-process ceiling row
 OWN_CODE = "gateway code, no gRPC"  # T5's parts
 TRITON_CLIENT = "Triton client (TritonBackend)"
-TRITON_CLIENT_ITEMS = 16
+PARTS_ITEMS = 16  # T5's parts' batch size when the gateway's 64x1 row did not run
 RUNS = [
     "ceiling",
     "triton",
@@ -428,16 +429,15 @@ class _Context:
 _Details = namedtuple("_Details", "method invocation_metadata")
 
 
-def own_code_row(meta: ModelMeta, seconds: float, clients: int = 64) -> Row:
+def own_code_row(meta: ModelMeta, seconds: float, batch: int, clients: int = 64) -> Row:
     """The gateway's own code per 1-embedding RAW call: the interceptor chain `vaegan serve`
-    builds, the servicer, core, batcher and metrics, with requests parsed and responses
-    serialised, in this process and without gRPC."""
+    builds, the servicer, core, batcher (batches of at most ``batch``) and metrics, with
+    requests parsed and responses serialised, in this process and without gRPC."""
     method = f"/{pb.DESCRIPTOR.services_by_name['LatentService'].full_name}/Generate"
     body = generate_request(1, meta.latent_dim).SerializeToString()
 
     async def run() -> Row:
-        # Batches of the Triton client row's size: the 64x1 rows through Triton settle near it.
-        s = Settings(triton_url="stand-in", max_batch_size=TRITON_CLIENT_ITEMS)
+        s = Settings(triton_url="stand-in", max_batch_size=batch)
         metrics = Metrics("stand-in", "bench")
         core = LatentCore(_StandIn(meta, metrics, 0.001), s, metrics)
         servicer = LatentServicer(core)
@@ -481,20 +481,20 @@ def own_code_row(meta: ModelMeta, seconds: float, clients: int = 64) -> Row:
     return on_gateway_loop(run())
 
 
-async def triton_client_row(url: str, meta: ModelMeta, seconds: float) -> Row:
+async def triton_client_row(url: str, meta: ModelMeta, seconds: float, items: int) -> Row:
     """CPU of this process per Triton request the gateway sends (TritonBackend.infer of a
-    batch), two in flight."""
+    batch of ``items``), two in flight."""
     backend = TritonBackend(
         url, {"encoder": api.ENCODER_MODEL, "decoder": meta.name}, "", Metrics("triton", "bench")
     )
-    z = _z(TRITON_CLIENT_ITEMS, meta.latent_dim)
+    z = _z(items, meta.latent_dim)
 
     async def one() -> int:
         out, _ = await backend.infer("decoder", meta.version, z, 30.0)
         return len(out[api.DECODER_OUTPUT])
 
     try:
-        shape = f"2x{TRITON_CLIENT_ITEMS}"
+        shape = f"2x{items}"
         return _as_gateway_cpu(await measure(TRITON_CLIENT, shape, [one, one], Cpu({}), seconds))
     finally:
         await backend.close()
@@ -592,7 +592,7 @@ def targets(rows: list[Row]) -> list[dict]:
     bare, own, hop, g64 = (
         get("bare grpc.aio, uvloop", "64x1"),
         get(OWN_CODE, "64x1"),
-        get(TRITON_CLIENT, f"2x{TRITON_CLIENT_ITEMS}"),
+        next((r for r in rows if r.name == TRITON_CLIENT), None),
         get(gw, "64x1"),
     )
     if bare and own and hop and g64 and g64.items_per_triton_request:
@@ -690,8 +690,6 @@ def main() -> None:
     progress = tqdm(total=3 + len(runs), desc="gateway bench", unit="setup")
     if "ceiling" in a.only:
         rows.append(ceiling(repo, a.model, latent, a.duration))
-    if "parts" in a.only:
-        rows.append(own_code_row(decoder_meta(repo, a.model), a.duration))
     progress.update()
     with LocalTriton(repo) as triton:
         cpu = Cpu({"triton": triton.process.pid}, triton.metrics_url, a.model)
@@ -699,9 +697,6 @@ def main() -> None:
             rows += asyncio.run(
                 triton_rows(triton.grpc_url, a.model, latent, cpu, a.duration, shapes)
             )
-        if "parts" in a.only:
-            meta = decoder_meta(repo, a.model)
-            rows.append(on_gateway_loop(triton_client_row(triton.grpc_url, meta, a.duration)))
         progress.update()
         if "bare" in a.only:
             # The bare server answers with the bytes of the gateway's 1-image RAW response.
@@ -725,6 +720,11 @@ def main() -> None:
                     gateway_rows(gw.target, latent, cpu, a.duration, name, raw, png, stream)
                 )
             progress.update()
+        if "parts" in a.only:
+            meta, row64 = decoder_meta(repo, a.model), find(rows, "gateway, uvloop", "64x1")
+            k = round(row64.items_per_triton_request or PARTS_ITEMS) if row64 else PARTS_ITEMS
+            rows.append(own_code_row(meta, a.duration, k))
+            rows.append(on_gateway_loop(triton_client_row(triton.grpc_url, meta, a.duration, k)))
     progress.close()
     found = targets(rows)
     print(

@@ -8,7 +8,6 @@ from benchmarks.gateway_bench import (
     CEILING,
     OWN_CODE,
     TRITON_CLIENT,
-    TRITON_CLIENT_ITEMS,
     Cpu,
     Row,
     decoder_meta,
@@ -77,7 +76,7 @@ def test_t5_parts_add_the_gateways_own_code_and_its_share_of_a_triton_request_to
     gw = row(GW, "64x1", gateway=0.4)
     gw.items_per_triton_request = 10.0  # the gateway's batches in that row
     own = row(OWN_CODE, "64x1", gateway=0.05)
-    hop = row(TRITON_CLIENT, f"2x{TRITON_CLIENT_ITEMS}", gateway=0.3)  # shared by 10 items
+    hop = row(TRITON_CLIENT, "2x10", gateway=0.3)  # CPU a request, shared by its 10 items
     t = by_name(targets([gw, own, hop, row("bare grpc.aio, uvloop", "64x1", gateway=0.2)]))
     assert t["T5 part: the gateway's own code per call, ms"]["value"] == 0.05
     assert abs(t["T5 part: its share of a Triton request per call, ms"]["value"] - 0.03) < 1e-12
@@ -117,13 +116,13 @@ def test_a_row_reads_from_real_triton_how_many_items_each_request_and_execution_
     assert r.items_per_triton_execution is not None and r.items_per_triton_execution >= 8.0
 
 
-def test_the_own_code_row_runs_calls_through_the_gateways_interceptors_in_batches_of_the_client_rows_size(
+def test_the_own_code_row_runs_calls_through_the_gateways_interceptors_in_batches_of_its_size(
     repo,
 ):
-    r = own_code_row(decoder_meta(repo, "vaegan_decoder"), 0.5)
+    r = own_code_row(decoder_meta(repo, "vaegan_decoder"), 0.5, batch=8)
     assert set(r.codes) == {"OK"} and r.calls > 0 and r.images == r.calls
-    # 64 callers against a 1 ms backend fill every batch up to the size the row sets.
-    assert 1 < r.items_per_triton_request <= TRITON_CLIENT_ITEMS
+    # 64 callers against a 1 ms backend fill the batches up to the size the row sets.
+    assert 1 < r.items_per_triton_request <= 8
     assert r.cpu_ms_per_call["gateway"] > 0
 
 
@@ -131,6 +130,6 @@ def test_the_own_code_row_runs_calls_through_the_gateways_interceptors_in_batche
 def test_the_triton_client_row_sends_the_gateways_requests_to_real_triton(repo):
     meta = decoder_meta(repo, "vaegan_decoder")
     with LocalTriton(repo) as triton:
-        r = on_gateway_loop(triton_client_row(triton.grpc_url, meta, 0.5))
+        r = on_gateway_loop(triton_client_row(triton.grpc_url, meta, 0.5, items=8))
     assert set(r.codes) == {"OK"} and r.calls > 0
-    assert r.images == TRITON_CLIENT_ITEMS * r.calls
+    assert r.shape == "2x8" and r.images == 8 * r.calls
