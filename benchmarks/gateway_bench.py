@@ -62,8 +62,8 @@ from benchmarks.grpc_floor import SERVER
 from vaegan import interface as api
 from vaegan.export.local_triton import LocalTriton
 from vaegan.host import free_port, tree_cpu_seconds
-from vaegan.repository import ModelMeta, latent_dim, meta_from_parameters, read_config
-from vaegan.service.backends import Backend, TritonBackend
+from vaegan.repository import ModelMeta
+from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
 from vaegan.service.core import LatentCore
 from vaegan.service.interceptors import Lifecycle
 from vaegan.service.metrics import Metrics
@@ -210,12 +210,8 @@ async def measure(
     )
 
 
-def newest_version(repo: Path, model: str) -> str:
-    return max((p.name for p in (repo / model).iterdir() if p.name.isdigit()), key=int)
-
-
 def ceiling(repo: Path, model: str, latent: int, seconds: float) -> Row:
-    version = newest_version(repo, model)
+    version = decoder_meta(repo, model).version
     session = ort.InferenceSession(
         str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -376,10 +372,18 @@ def bare_rows(answer_bytes: int, request: bytes, seconds: float, loops) -> list[
 
 
 def decoder_meta(repo: Path, model: str) -> ModelMeta:
-    """The decoder's facts as the gateway reads them, from the newest version's config."""
-    config = read_config(repo / model)
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    return meta_from_parameters(model, newest_version(repo, model), params)
+    """The served decoder version's facts, read as `vaegan serve`'s embedded backend reads
+    them (version policy included)."""
+    names = {"encoder": api.ENCODER_MODEL, "decoder": model}
+    backend = OnnxBackend(repo, names, "", Metrics("onnxruntime", "bench"))
+
+    async def read() -> ModelMeta:
+        try:
+            return await backend.meta("decoder")
+        finally:
+            await backend.close()
+
+    return asyncio.run(read())
 
 
 def on_gateway_loop(coroutine):
@@ -661,7 +665,8 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     a = p.parse_args()
     repo = Path(a.repository)
-    latent = latent_dim(repo, a.model)
+    meta = decoder_meta(repo, a.model)
+    latent = meta.latent_dim
     rows: list[Row] = []
     shapes = a.shapes
 
@@ -721,7 +726,7 @@ def main() -> None:
                 )
             progress.update()
         if "parts" in a.only:
-            meta, row64 = decoder_meta(repo, a.model), find(rows, "gateway, uvloop", "64x1")
+            row64 = find(rows, "gateway, uvloop", "64x1")
             k = round(row64.items_per_triton_request or PARTS_ITEMS) if row64 else PARTS_ITEMS
             rows.append(own_code_row(meta, a.duration, k))
             rows.append(on_gateway_loop(triton_client_row(triton.grpc_url, meta, a.duration, k)))
