@@ -907,3 +907,52 @@ def test_an_error_raised_after_the_deadline_sends_no_status_on_the_ended_call():
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(call())
     assert not context.aborted
+
+
+class _CancelledContext:
+    """A servicer context of a call that gRPC cancels with ``left`` seconds to its deadline."""
+
+    def __init__(self, left):
+        self.left = left
+
+    def time_remaining(self):
+        return self.left
+
+    def done(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    "left, code",
+    [
+        (0.0, "DEADLINE_EXCEEDED"),
+        # The caller's own deadline ran out and its cancel arrived just before the server's
+        # copy of that deadline (which started when the headers arrived): seen in CI.
+        (0.0006, "DEADLINE_EXCEEDED"),
+        (5.0, "CANCELLED"),  # the caller went away long before its deadline
+        (None, "CANCELLED"),  # a call without a deadline
+    ],
+)
+def test_a_cancel_at_the_callers_deadline_counts_as_the_deadline_and_an_earlier_one_as_cancelled(
+    left, code
+):
+    from vaegan.service.interceptors import SERVICE, Outcomes, StatusInterceptor
+    from vaegan.service.metrics import Metrics
+
+    metrics = Metrics("test", "0")
+    status = StatusInterceptor(Outcomes(metrics))._status("Generate")
+
+    async def call():
+        async with status(object(), _CancelledContext(left)):
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call())
+    counted = {
+        c: metrics.registry.get_sample_value(
+            "grpc_server_handled_total",
+            {"grpc_service": SERVICE, "grpc_method": "Generate", "grpc_code": c},
+        )
+        for c in ("DEADLINE_EXCEEDED", "CANCELLED")
+    }
+    assert counted == {c: float(c == code) for c in counted}

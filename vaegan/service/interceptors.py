@@ -426,10 +426,17 @@ def _tolerant(deserializer, max_bytes: int = 0):
     return parse
 
 
-def _expired(context) -> bool:
-    """Whether the call's deadline has passed (a call without one never expires)."""
+def _expired(context, slack: float = 0.0) -> bool:
+    """Whether the call's deadline has passed, or is within ``slack`` seconds (a call
+    without one never expires)."""
     left = context.time_remaining()
-    return left is not None and left <= 0
+    return left is not None and left <= slack
+
+
+# A caller whose deadline passes cancels the call itself (RST_STREAM), and the server's copy
+# of that deadline runs from when the headers arrived, a little after the caller's: the cancel
+# can land just before it. A cancel this close to the deadline is the deadline.
+DEADLINE_SLACK_S = 0.1
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
@@ -480,7 +487,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 # grpc.aio cancels the handler when the caller goes away and when its
                 # deadline passes: dashboards must tell the two apart.
-                code = "DEADLINE_EXCEEDED" if _expired(context) else "CANCELLED"
+                code = "DEADLINE_EXCEEDED" if _expired(context, DEADLINE_SLACK_S) else "CANCELLED"
                 raise
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
