@@ -956,3 +956,39 @@ def test_a_cancel_at_the_callers_deadline_counts_as_the_deadline_and_an_earlier_
         for c in ("DEADLINE_EXCEEDED", "CANCELLED")
     }
     assert counted == {c: float(c == code) for c in counted}
+
+
+def test_a_response_stream_that_stops_being_read_counts_as_cancelled_not_ok():
+    # When a connection is closed under a stream (recycled past its grace), gRPC's write of
+    # the next message fails and it drops the handler's generator without finishing it.
+    from types import SimpleNamespace
+
+    from vaegan.service.interceptors import SERVICE, Outcomes, StatusInterceptor
+    from vaegan.service.metrics import Metrics
+
+    async def answers(requests, context):
+        for i in range(10):
+            yield i
+
+    async def continuation(details):
+        return grpc.stream_stream_rpc_method_handler(answers)
+
+    metrics = Metrics("test", "0")
+    interceptor = StatusInterceptor(Outcomes(metrics))
+    details = SimpleNamespace(method=f"/{SERVICE}/GenerateStream", invocation_metadata=())
+
+    async def call():
+        handler = await interceptor.intercept_service(continuation, details)
+        stream = handler.stream_stream(None, _CancelledContext(None))
+        assert await anext(stream) == 0  # one message written, then the write of the next fails
+        await stream.aclose()
+
+    asyncio.run(call())
+    counted = {
+        c: metrics.registry.get_sample_value(
+            "grpc_server_handled_total",
+            {"grpc_service": SERVICE, "grpc_method": "GenerateStream", "grpc_code": c},
+        )
+        for c in ("OK", "CANCELLED")
+    }
+    assert counted == {"OK": 0.0, "CANCELLED": 1.0}

@@ -133,6 +133,32 @@ def test_a_client_that_sends_without_reading_is_held_back_not_buffered(repo):
         channel.close()
 
 
+def test_a_stream_cut_by_connection_recycling_while_its_answers_back_up_counts_as_cancelled(repo):
+    # The reader is behind, so the gateway is waiting to write when the recycled connection's
+    # grace ends: the stream never finishes, and the dashboards must not count it OK.
+    settings = Settings(model_repository=str(repo), max_connection_age_s=1.0, grace_s=0.5)
+    with GatewayThread(settings) as gw:
+        channel = grpc.insecure_channel(gw.target, options=[("grpc.http2.bdp_probe", 0)])
+        stub = pb_grpc.LatentServiceStub(channel)
+        call = stub.GenerateStream(iter([_generate([[0.3] * LATENT] * 64)] * 200))
+
+        def handled(code: str) -> float:
+            return metric_value(
+                _metrics(gw),
+                "grpc_server_handled_total",
+                grpc_method="GenerateStream",
+                grpc_code=code,
+            )
+
+        wait_until(lambda: handled("CANCELLED") == 1, timeout=15)
+        assert handled("OK") == 0
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in call:
+                pass
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+
+
 def test_an_open_stream_holds_its_share_of_the_request_memory_budget(repo):
     # Each stream reserves 4 x 128 KiB = 512 KiB of a 1 MiB budget: two fit, a third waits
     # for neither and is refused at once.

@@ -484,9 +484,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     code = "DEADLINE_EXCEEDED"
                     raise asyncio.CancelledError from None
                 await context.abort(getattr(grpc.StatusCode, code), str(e))
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
                 # grpc.aio cancels the handler when the caller goes away and when its
-                # deadline passes: dashboards must tell the two apart.
+                # deadline passes: dashboards must tell the two apart. A response stream
+                # whose write failed (its connection closed under it) is dropped unfinished
+                # instead, and closed as a generator.
                 code = "DEADLINE_EXCEEDED" if _expired(context, DEADLINE_SLACK_S) else "CANCELLED"
                 raise
             except grpc.aio.AbortError:
