@@ -958,7 +958,7 @@ def test_a_cancel_at_the_callers_deadline_counts_as_the_deadline_and_an_earlier_
     assert counted == {c: float(c == code) for c in counted}
 
 
-def test_a_response_stream_that_stops_being_read_counts_as_cancelled_not_ok():
+def test_a_response_stream_gRPC_drops_unfinished_counts_as_cancelled_and_stops_its_work():
     # When a connection is closed under a stream (recycled past its grace), gRPC's write of
     # the next message fails and it drops the handler's generator without finishing it.
     from types import SimpleNamespace
@@ -966,9 +966,14 @@ def test_a_response_stream_that_stops_being_read_counts_as_cancelled_not_ok():
     from vaegan.service.interceptors import SERVICE, Outcomes, StatusInterceptor
     from vaegan.service.metrics import Metrics
 
+    stopped = []
+
     async def answers(requests, context):
-        for i in range(10):
-            yield i
+        try:
+            for i in range(10):
+                yield i
+        finally:
+            stopped.append(True)  # the servicer's own clean-up: its tasks are cancelled
 
     async def continuation(details):
         return grpc.stream_stream_rpc_method_handler(answers)
@@ -982,6 +987,7 @@ def test_a_response_stream_that_stops_being_read_counts_as_cancelled_not_ok():
         stream = handler.stream_stream(None, _CancelledContext(None))
         assert await anext(stream) == 0  # one message written, then the write of the next fails
         await stream.aclose()
+        assert stopped  # at once, not whenever the garbage collector gets to it
 
     asyncio.run(call())
     counted = {

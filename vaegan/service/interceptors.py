@@ -166,8 +166,11 @@ def _wrap(handler: grpc.RpcMethodHandler, around, parse=None, limit: float = 0.0
                 items = inner(request, context)
                 if _needs_limit(context, limit):
                     items = _timed(items, limit)
-                async for item in items:
-                    yield item
+                try:
+                    async for item in items:
+                        yield item
+                finally:  # also when gRPC drops this stream unfinished: stop its work now
+                    await items.aclose()
 
         return respond
 
