@@ -69,7 +69,8 @@ def _torchrun(nproc: int, data: Path, run: Path, steps: int, *extra: str) -> Non
         cmd += [a for s in SETS for a in ("--set", s)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # The agent's summary of a failed rank fills the last few KB; the rank's own words precede it.
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-12000:]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -215,3 +216,20 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(dataset, tmp_pa
     step = int(lines[0].split("at step ")[1].split(";")[0])
     assert lines[0] == lines[1]  # the same step on both ranks
     assert ckpt.load(run / "checkpoints" / ckpt.LAST)["step"] == step
+
+
+def test_a_rank_leaves_with_its_code_and_everything_it_printed():
+    # Ranks end with os._exit (distributed.leave): what sits in the stdio buffers must still
+    # arrive, and torchrun must see the run's own exit code.
+    code = (
+        "import sys, logging; from vaegan.training.distributed import leave; "
+        "print('done: run', end=''); print('a warning', file=sys.stderr, end=''); "
+        "logging.basicConfig(); logging.getLogger('x').warning('logged'); leave(3)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as usual
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert r.returncode == 3
+    assert r.stdout == "done: run"
+    assert r.stderr.startswith("a warning") and "logged" in r.stderr

@@ -20,10 +20,12 @@ any number of ranks, and checkpoints carry no trace of the world size.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -111,6 +113,19 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """End a rank's process with ``code`` once its run is over, without the interpreter's
+    teardown. DistributedDataParallel keeps the process group alive past
+    ``destroy_process_group`` (its C++ reducer holds it), so gloo's threads still run at exit,
+    and tearing them down there aborted a rank now and then ('terminate called without an
+    active exception') after a run that had finished and saved: torchrun then reported the
+    whole run failed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def pick_device(name: str) -> torch.device:
