@@ -909,6 +909,15 @@ def test_an_error_raised_after_the_deadline_sends_no_status_on_the_ended_call():
     assert not context.aborted
 
 
+def _handled(metrics, method: str, *codes: str) -> dict[str, float]:
+    """grpc_server_handled_total of ``method`` by code, read from the gateway's registry."""
+    from vaegan.service.interceptors import SERVICE
+
+    labels = {"grpc_service": SERVICE, "grpc_method": method}
+    sample = metrics.registry.get_sample_value
+    return {c: sample("grpc_server_handled_total", {**labels, "grpc_code": c}) for c in codes}
+
+
 class _CancelledContext:
     """A servicer context of a call that gRPC cancels with ``left`` seconds to its deadline."""
 
@@ -936,7 +945,7 @@ class _CancelledContext:
 def test_a_cancel_at_the_callers_deadline_counts_as_the_deadline_and_an_earlier_one_as_cancelled(
     left, code
 ):
-    from vaegan.service.interceptors import SERVICE, Outcomes, StatusInterceptor
+    from vaegan.service.interceptors import Outcomes, StatusInterceptor
     from vaegan.service.metrics import Metrics
 
     metrics = Metrics("test", "0")
@@ -948,13 +957,7 @@ def test_a_cancel_at_the_callers_deadline_counts_as_the_deadline_and_an_earlier_
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(call())
-    counted = {
-        c: metrics.registry.get_sample_value(
-            "grpc_server_handled_total",
-            {"grpc_service": SERVICE, "grpc_method": "Generate", "grpc_code": c},
-        )
-        for c in ("DEADLINE_EXCEEDED", "CANCELLED")
-    }
+    counted = _handled(metrics, "Generate", "DEADLINE_EXCEEDED", "CANCELLED")
     assert counted == {c: float(c == code) for c in counted}
 
 
@@ -990,11 +993,4 @@ def test_a_response_stream_gRPC_drops_unfinished_counts_as_cancelled_and_stops_i
         assert stopped  # at once, not whenever the garbage collector gets to it
 
     asyncio.run(call())
-    counted = {
-        c: metrics.registry.get_sample_value(
-            "grpc_server_handled_total",
-            {"grpc_service": SERVICE, "grpc_method": "GenerateStream", "grpc_code": c},
-        )
-        for c in ("OK", "CANCELLED")
-    }
-    assert counted == {"OK": 0.0, "CANCELLED": 1.0}
+    assert _handled(metrics, "GenerateStream", "OK", "CANCELLED") == {"OK": 0.0, "CANCELLED": 1.0}
