@@ -10,7 +10,8 @@ What this module adds is only what the VAE-GAN needs on top:
   ``batch_norm_stats`` ops exist only for accelerators), so on CPU the batch statistics are
   all-reduced with a differentiable all-reduce instead. Same parameters and buffers as
   ``BatchNorm2d``, so checkpoints load into a model with or without it.
-- ``launch``: ``vaegan train --nproc N`` re-executes itself under torchrun.
+- ``launch``: ``vaegan train --nproc N`` re-executes itself under torchrun; ``leave`` ends
+  each rank's process once its run is over.
 
 Batch size is global: ``batch_size`` images per step across all ranks, each rank taking
 ``batch_size / world_size`` of them. The same config therefore trains the same model on
@@ -117,11 +118,11 @@ def teardown() -> None:
 
 def leave(code: int) -> NoReturn:
     """End a rank's process with ``code`` once its run is over, without the interpreter's
-    teardown. DistributedDataParallel keeps the process group alive past
-    ``destroy_process_group`` (its C++ reducer holds it), so gloo's threads still run at exit,
-    and tearing them down there aborted a rank now and then ('terminate called without an
-    active exception') after a run that had finished and saved: torchrun then reported the
-    whole run failed."""
+    teardown. Once DistributedDataParallel has wrapped a module, the process group outlives
+    ``destroy_process_group`` (references DDP took in C++ stay after the module is gone), so
+    gloo's threads still run at exit; a rank of a run that had finished and saved was seen
+    to abort there ('terminate called without an active exception'), and torchrun then
+    reported the whole run failed."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
