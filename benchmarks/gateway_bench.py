@@ -65,7 +65,7 @@ from vaegan.host import free_port, tree_cpu_seconds
 from vaegan.repository import ModelMeta
 from vaegan.service.backends import Backend, OnnxBackend, TritonBackend
 from vaegan.service.core import LatentCore
-from vaegan.service.interceptors import Lifecycle
+from vaegan.service.interceptors import PREFIX, Lifecycle
 from vaegan.service.metrics import Metrics
 from vaegan.service.process import gateway_process
 from vaegan.service.server import interceptors, new_event_loop
@@ -437,7 +437,7 @@ def own_code_row(meta: ModelMeta, seconds: float, batch: int, clients: int = 64)
     """The gateway's own code per 1-embedding RAW call: the interceptor chain `vaegan serve`
     builds, the servicer, core, batcher (batches of at most ``batch``) and metrics, with
     requests parsed and responses serialised, in this process and without gRPC."""
-    method = f"/{pb.DESCRIPTOR.services_by_name['LatentService'].full_name}/Generate"
+    method = PREFIX + "Generate"
     body = generate_request(1, meta.latent_dim).SerializeToString()
 
     async def run() -> Row:
